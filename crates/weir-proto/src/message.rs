@@ -1,0 +1,264 @@
+//! Requests and replies. Encoded by [`crate::codec`]; framed by [`crate::frame`].
+//!
+//! Compatibility rule: new variants and fields are only ever appended, and a node answers a
+//! frame it cannot decode with [`ErrorCode::BadRequest`] and closes that stream.
+
+use crate::limits::{ERROR_MESSAGE_BYTES_MAX, TOPIC_NAME_BYTES_MAX};
+use crate::types::{Offset, ProducerId, RequestId, Seq, TimestampMs};
+use serde::{Deserialize, Serialize};
+use std::fmt;
+
+/// Version spoken in `Hello` and in every frame's version byte.
+pub const PROTOCOL_VERSION: u8 = 1;
+/// QUIC ALPN identifier of this protocol.
+pub const ALPN: &[u8] = b"weir/1";
+
+/// What a client sends: one request with the id its reply will carry.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClientFrame {
+    pub id: RequestId,
+    pub request: Request,
+}
+
+/// What a node sends: the reply to the request with the same id. A `Listen` request gets many
+/// `Events` replies with its id.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServerFrame {
+    pub id: RequestId,
+    pub reply: Reply,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Request {
+    /// Optional first request on a stream; the node answers with its version.
+    Hello { protocol_version: u8, client_name: String },
+    CreateTopic { name: String, config: TopicConfig },
+    DeleteTopic { name: String },
+    ListTopics,
+    Put(Put),
+    /// Turns the stream into an event stream: the node sends `Events` until the client closes it.
+    Listen { topic: String, from: ListenFrom },
+    Status,
+}
+
+/// Append one message to a topic. Acknowledged with `Committed` once durable.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Put {
+    pub topic: String,
+    #[serde(with = "serde_bytes")]
+    pub key: Option<Vec<u8>>,
+    #[serde(with = "serde_bytes")]
+    pub value: Vec<u8>,
+    pub producer_id: ProducerId,
+    pub seq: Seq,
+}
+
+impl fmt::Debug for Put {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Payloads can be megabytes: log sizes, not bytes.
+        f.debug_struct("Put")
+            .field("topic", &self.topic)
+            .field("key_bytes", &self.key.as_ref().map(Vec::len))
+            .field("value_bytes", &self.value.len())
+            .field("producer_id", &self.producer_id)
+            .field("seq", &self.seq)
+            .finish()
+    }
+}
+
+/// Where a listener starts reading.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ListenFrom {
+    /// The oldest retained entry.
+    Start,
+    /// This offset (must be within the retained range, or the next offset to be written).
+    Offset(Offset),
+    /// Only entries committed after the listener attached.
+    End,
+}
+
+/// Per-topic settings; `None` means "the node's default".
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TopicConfig {
+    /// Delete the oldest segments while the topic holds more than this many bytes.
+    pub retention_bytes: Option<u64>,
+    /// Delete segments whose newest entry is older than this.
+    pub retention_ms: Option<u64>,
+    /// Roll to a new segment file at this size.
+    pub segment_bytes: Option<u64>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Reply {
+    Hello { protocol_version: u8, server_version: String },
+    TopicCreated,
+    TopicDeleted,
+    Topics(Vec<TopicInfo>),
+    Committed(Committed),
+    Events(Vec<Event>),
+    Status(NodeStatus),
+    Error(ErrorReply),
+}
+
+/// The acknowledgement of a PUT: where it landed and the timestamp it was given.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Committed {
+    pub offset: Offset,
+    pub timestamp_ms: TimestampMs,
+}
+
+/// One committed entry, as a listener sees it.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Event {
+    pub offset: Offset,
+    pub timestamp_ms: TimestampMs,
+    #[serde(with = "serde_bytes")]
+    pub key: Option<Vec<u8>>,
+    #[serde(with = "serde_bytes")]
+    pub value: Vec<u8>,
+}
+
+impl fmt::Debug for Event {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Event")
+            .field("offset", &self.offset)
+            .field("timestamp_ms", &self.timestamp_ms)
+            .field("key_bytes", &self.key.as_ref().map(Vec::len))
+            .field("value_bytes", &self.value.len())
+            .finish()
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TopicInfo {
+    pub name: String,
+    pub config: TopicConfig,
+    /// Oldest retained offset.
+    pub start_offset: Offset,
+    /// Offset the next PUT will get.
+    pub next_offset: Offset,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeStatus {
+    pub server_version: String,
+    pub uptime_ms: u64,
+    pub fsync: String,
+    pub topics: Vec<TopicStatus>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TopicStatus {
+    pub name: String,
+    pub start_offset: Offset,
+    pub next_offset: Offset,
+    /// Entries below this offset are durable (fsynced) and visible to listeners.
+    pub committed_offset: Offset,
+    pub segments: u64,
+    pub bytes: u64,
+    /// fsyncs done for this topic's log since the node started.
+    pub fsyncs: u64,
+    /// Entries appended since the node started.
+    pub appends: u64,
+    /// `None` while healthy; the reason the topic stopped serving otherwise.
+    pub failure: Option<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorReply {
+    pub code: ErrorCode,
+    pub message: String,
+}
+
+impl ErrorReply {
+    /// Builds an error reply, cutting the message to [`ERROR_MESSAGE_BYTES_MAX`].
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        let mut message = message.into();
+        if message.len() > ERROR_MESSAGE_BYTES_MAX {
+            let mut cut = ERROR_MESSAGE_BYTES_MAX;
+            while !message.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            message.truncate(cut);
+        }
+        Self { code, message }
+    }
+}
+
+impl fmt::Display for ErrorReply {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.code, self.message)
+    }
+}
+
+/// Error codes. `is_retryable` tells a client whether sending the same request later may work.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum ErrorCode {
+    /// Malformed, unknown or out-of-order request. The stream is closed after this reply.
+    BadRequest,
+    /// Frame version or `Hello` version the node does not speak.
+    UnsupportedVersion,
+    /// The topic does not exist.
+    NotFound,
+    /// CreateTopic for a name that exists.
+    AlreadyExists,
+    /// A key, value or frame above the limit.
+    TooLarge,
+    /// A topic name outside `[A-Za-z0-9._-]{1,249}` or an invalid config.
+    InvalidArgument,
+    /// A listener asked for an offset outside the retained range.
+    OffsetOutOfRange,
+    /// The topic cannot serve (its log is poisoned or corrupt); see the message.
+    Unavailable,
+    /// The node is overloaded; retry later.
+    Busy,
+    /// A bug or an unexpected condition on the node.
+    Internal,
+}
+
+impl ErrorCode {
+    pub fn is_retryable(self) -> bool {
+        matches!(self, Self::Busy | Self::Unavailable)
+    }
+}
+
+impl fmt::Display for ErrorCode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let s = match self {
+            Self::BadRequest => "bad request",
+            Self::UnsupportedVersion => "unsupported version",
+            Self::NotFound => "not found",
+            Self::AlreadyExists => "already exists",
+            Self::TooLarge => "too large",
+            Self::InvalidArgument => "invalid argument",
+            Self::OffsetOutOfRange => "offset out of range",
+            Self::Unavailable => "unavailable",
+            Self::Busy => "busy",
+            Self::Internal => "internal error",
+        };
+        f.write_str(s)
+    }
+}
+
+/// Checks a topic name: 1..=249 bytes of `[A-Za-z0-9._-]`, and not `.` or `..`
+/// (a topic name becomes a directory name).
+pub fn validate_topic_name(name: &str) -> Result<(), String> {
+    if name.is_empty() || name.len() > TOPIC_NAME_BYTES_MAX {
+        return Err(format!(
+            "topic name must be 1 to {TOPIC_NAME_BYTES_MAX} characters, got {}",
+            name.len()
+        ));
+    }
+    if name == "." || name == ".." {
+        return Err(format!("topic name {name:?} is reserved"));
+    }
+    if let Some(c) = name
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')))
+    {
+        return Err(format!(
+            "topic name {name:?} has {c:?}; allowed are letters, digits, '.', '_' and '-'"
+        ));
+    }
+    Ok(())
+}
