@@ -1,1 +1,171 @@
-//! weir-node
+//! weir's server: a QUIC endpoint in front of the node's topics.
+//!
+//! ```no_run
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! let mut config = weir_node::NodeConfig::new("/var/lib/weir");
+//! config.listen = "127.0.0.1:7070".parse()?;
+//! let node = weir_node::Node::start(config).await?;
+//! println!("serving on {}, CA at {}", node.local_addr(), node.certs().ca_cert.display());
+//! node.shutdown().await;
+//! # Ok(()) }
+//! ```
+//!
+//! Layout: [`server`] moves frames between QUIC streams and topics; `topics` is the registry
+//! (create, delete, list); `topic` owns one log and its group-commit writer thread. Only this
+//! crate and `weir-client` know tokio and quinn.
+
+pub mod certs;
+mod clock;
+pub mod config;
+pub mod server;
+mod topic;
+mod topics;
+
+pub use config::{ConfigError, NodeConfig};
+pub use weir_storage::FsyncPolicy;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::AtomicUsize;
+use std::time::{Duration, Instant};
+use tracing::Instrument;
+
+/// How long shutdown waits for connections to close before giving up on them.
+const SHUTDOWN_IDLE_WAIT_MS: u64 = 2_000;
+/// A client that sends nothing (not even keep-alives) for this long is disconnected.
+const IDLE_TIMEOUT_MS: u32 = 30_000;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("certificates: {0}")]
+    Certs(#[from] certs::CertError),
+    #[error("TLS setup: {0}")]
+    Tls(String),
+    #[error("cannot open topics: {0}")]
+    Topics(#[from] topics::TopicsError),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+}
+
+/// Entry point: `Node::start(config)`.
+#[derive(Debug)]
+pub struct Node;
+
+impl Node {
+    /// Opens the data directory (recovering every topic's log), creates certificates in
+    /// `certs_dir` if there are none, and starts serving. Must run inside a tokio runtime.
+    pub async fn start(config: NodeConfig) -> Result<RunningNode, StartError> {
+        config.validate()?;
+        let certs_dir = config.certs_dir();
+        let cert_paths = certs::paths(&certs_dir);
+        if !cert_paths.ca_cert.exists() {
+            tracing::warn!(dir = %certs_dir.display(), "no certificates found: creating a new cluster CA (clients need its ca.crt)");
+            certs::init(&certs_dir, &[])?;
+        } else if !cert_paths.node_files_exist() {
+            return Err(StartError::Tls(format!(
+                "{} has a CA but no node.crt/node.key",
+                certs_dir.display()
+            )));
+        }
+        let server_config = server_config(&cert_paths)?;
+
+        let open_config = config.clone();
+        let topics = tokio::task::spawn_blocking(move || topics::Topics::open(&open_config))
+            .await
+            .map_err(|e| StartError::Tls(format!("topic opening task failed: {e}")))??;
+        let topics = Arc::new(topics);
+
+        let endpoint =
+            quinn::Endpoint::server(server_config, config.listen).map_err(|source| {
+                StartError::Bind {
+                    addr: config.listen,
+                    source,
+                }
+            })?;
+        let local_addr = endpoint.local_addr().map_err(|source| StartError::Bind {
+            addr: config.listen,
+            source,
+        })?;
+        let ctx = Arc::new(server::Ctx {
+            topics: topics.clone(),
+            started: Instant::now(),
+            fsync: config.fsync.to_string(),
+            max_message_bytes: config.max_message_bytes,
+            max_key_bytes: config.max_key_bytes,
+            connections: AtomicUsize::new(0),
+        });
+        let span = tracing::info_span!("node", addr = %local_addr);
+        let accept = tokio::spawn(server::accept_loop(endpoint.clone(), ctx).instrument(span));
+        tracing::info!(addr = %local_addr, data_dir = %config.data_dir.display(), fsync = %config.fsync, "weir node serving");
+        Ok(RunningNode {
+            endpoint,
+            topics,
+            accept,
+            certs: cert_paths,
+            local_addr,
+        })
+    }
+}
+
+/// A node that is serving. Dropping it without [`RunningNode::shutdown`] stops accepting but
+/// does not wait for the topics' final sync.
+#[derive(Debug)]
+pub struct RunningNode {
+    endpoint: quinn::Endpoint,
+    topics: Arc<topics::Topics>,
+    accept: tokio::task::JoinHandle<()>,
+    certs: certs::CertPaths,
+    local_addr: SocketAddr,
+}
+
+impl RunningNode {
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    pub fn certs(&self) -> &certs::CertPaths {
+        &self.certs
+    }
+
+    /// Closes every connection, lets each topic commit what it has queued, syncs, and returns.
+    pub async fn shutdown(self) {
+        self.endpoint.close(0u32.into(), b"node shutting down");
+        self.accept.abort();
+        let topics = self.topics.clone();
+        let _ = tokio::task::spawn_blocking(move || topics.close_all()).await;
+        let _ = tokio::time::timeout(
+            Duration::from_millis(SHUTDOWN_IDLE_WAIT_MS),
+            self.endpoint.wait_idle(),
+        )
+        .await;
+        tracing::info!("weir node stopped");
+    }
+}
+
+fn server_config(paths: &certs::CertPaths) -> Result<quinn::ServerConfig, StartError> {
+    let chain = certs::load_certs(&paths.node_cert)?;
+    let key = certs::load_key(&paths.node_key)?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut tls = rustls::ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(|e| StartError::Tls(e.to_string()))?
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .map_err(|e| StartError::Tls(e.to_string()))?;
+    tls.alpn_protocols = vec![weir_proto::ALPN.to_vec()];
+    let quic = quinn::crypto::rustls::QuicServerConfig::try_from(tls)
+        .map_err(|e| StartError::Tls(e.to_string()))?;
+    let mut server = quinn::ServerConfig::with_crypto(Arc::new(quic));
+    let mut transport = quinn::TransportConfig::default();
+    transport
+        .max_concurrent_bidi_streams(server::STREAMS_PER_CONNECTION_MAX.into())
+        .max_concurrent_uni_streams(0u32.into())
+        .max_idle_timeout(Some(quinn::VarInt::from_u32(IDLE_TIMEOUT_MS).into()));
+    server.transport_config(Arc::new(transport));
+    Ok(server)
+}

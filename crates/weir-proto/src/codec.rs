@@ -19,6 +19,12 @@ pub struct EncodeError(String);
 #[error("cannot decode message: {0}")]
 pub struct DecodeError(String);
 
+impl DecodeError {
+    pub(crate) fn new(reason: String) -> Self {
+        Self(reason)
+    }
+}
+
 /// Appends the encoding of `value` to `out`.
 pub fn encode_into<T: Serialize>(value: &T, out: &mut Vec<u8>) -> Result<(), EncodeError> {
     bincode::serde::encode_into_std_write(value, out, config())

@@ -3,6 +3,7 @@
 //! See `docs/PROTOCOL.md` for the byte-level description. Only [`codec`] knows bincode.
 
 pub mod codec;
+pub mod entry;
 pub mod frame;
 pub mod limits;
 pub mod message;

@@ -1,0 +1,164 @@
+//! [`ClientError`]: everything a client call can fail with.
+
+use std::time::Duration;
+use weir_proto::{ErrorCode, ErrorReply};
+
+/// Why a client call failed.
+///
+/// Errors the node sent back keep the node's message (`NotFound`, `TooLarge`, ...); errors of the
+/// client itself or of the network say what was tried. The type is `Clone` so one connection
+/// failure can be handed to every request that was waiting on that connection.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ClientError {
+    /// The topic does not exist.
+    #[error("not found: {0}")]
+    NotFound(String),
+    /// `create_topic` for a name that exists.
+    #[error("already exists: {0}")]
+    AlreadyExists(String),
+    /// A key or value above a limit (the protocol's hard limit, checked before sending, or the
+    /// node's configured limit).
+    #[error("too large: {0}")]
+    TooLarge(String),
+    /// A bad topic name, topic config or argument.
+    #[error("invalid argument: {0}")]
+    InvalidArgument(String),
+    /// A listener asked for an offset outside the topic's retained range.
+    #[error("offset out of range: {0}")]
+    OffsetOutOfRange(String),
+    /// The topic cannot serve right now (for example its log failed); see the message.
+    #[error("unavailable: {0}")]
+    Unavailable(String),
+    /// The node is overloaded; retry later.
+    #[error("node busy: {0}")]
+    Busy(String),
+    /// No reply within the request timeout. A PUT that timed out may still have been committed.
+    #[error("no reply from the node within {0:?}")]
+    Timeout(Duration),
+    /// The connection broke while the request was outstanding. A PUT that got this may or may
+    /// not have been committed. The next call reconnects.
+    #[error("connection lost: {0}")]
+    ConnectionLost(String),
+    /// No node could be reached (each address tried, with its reason).
+    #[error("cannot connect: {0}")]
+    Connect(String),
+    /// Bad client configuration: CA file, server name, addresses, TLS setup.
+    #[error("configuration error: {0}")]
+    Config(String),
+    /// The node sent something this client does not understand.
+    #[error("protocol error: {0}")]
+    Protocol(String),
+    /// Any other error the node reported (bad request, unsupported version, internal error).
+    #[error("node error ({code}): {message}")]
+    Server {
+        /// The node's error code.
+        code: ErrorCode,
+        /// The node's explanation.
+        message: String,
+    },
+}
+
+impl ClientError {
+    /// The node's error code, for errors the node reported (client-side size checks report
+    /// [`ErrorCode::TooLarge`] / [`ErrorCode::InvalidArgument`] as well).
+    pub fn code(&self) -> Option<ErrorCode> {
+        match self {
+            Self::NotFound(_) => Some(ErrorCode::NotFound),
+            Self::AlreadyExists(_) => Some(ErrorCode::AlreadyExists),
+            Self::TooLarge(_) => Some(ErrorCode::TooLarge),
+            Self::InvalidArgument(_) => Some(ErrorCode::InvalidArgument),
+            Self::OffsetOutOfRange(_) => Some(ErrorCode::OffsetOutOfRange),
+            Self::Unavailable(_) => Some(ErrorCode::Unavailable),
+            Self::Busy(_) => Some(ErrorCode::Busy),
+            Self::Server { code, .. } => Some(*code),
+            Self::Timeout(_)
+            | Self::ConnectionLost(_)
+            | Self::Connect(_)
+            | Self::Config(_)
+            | Self::Protocol(_) => None,
+        }
+    }
+
+    /// Whether sending the same request again later may succeed. For a PUT, retrying after
+    /// `Timeout` or `ConnectionLost` may write the message twice (exactly-once is not built yet).
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            Self::Unavailable(_)
+            | Self::Busy(_)
+            | Self::Timeout(_)
+            | Self::ConnectionLost(_)
+            | Self::Connect(_) => true,
+            Self::Server { code, .. } => code.is_retryable(),
+            Self::NotFound(_)
+            | Self::AlreadyExists(_)
+            | Self::TooLarge(_)
+            | Self::InvalidArgument(_)
+            | Self::OffsetOutOfRange(_)
+            | Self::Config(_)
+            | Self::Protocol(_) => false,
+        }
+    }
+}
+
+impl From<ErrorReply> for ClientError {
+    fn from(reply: ErrorReply) -> Self {
+        let ErrorReply { code, message } = reply;
+        match code {
+            ErrorCode::NotFound => Self::NotFound(message),
+            ErrorCode::AlreadyExists => Self::AlreadyExists(message),
+            ErrorCode::TooLarge => Self::TooLarge(message),
+            ErrorCode::InvalidArgument => Self::InvalidArgument(message),
+            ErrorCode::OffsetOutOfRange => Self::OffsetOutOfRange(message),
+            ErrorCode::Unavailable => Self::Unavailable(message),
+            ErrorCode::Busy => Self::Busy(message),
+            ErrorCode::BadRequest | ErrorCode::UnsupportedVersion | ErrorCode::Internal => {
+                Self::Server { code, message }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn node_error_codes_map_to_typed_variants_keeping_the_message() {
+        let e = ClientError::from(ErrorReply::new(ErrorCode::NotFound, "topic \"t\" does not exist"));
+        assert_eq!(e, ClientError::NotFound("topic \"t\" does not exist".into()));
+        assert_eq!(e.to_string(), "not found: topic \"t\" does not exist");
+        assert_eq!(e.code(), Some(ErrorCode::NotFound));
+
+        let e = ClientError::from(ErrorReply::new(ErrorCode::Internal, "disk on fire"));
+        assert_eq!(e.to_string(), "node error (internal error): disk on fire");
+        assert_eq!(e.code(), Some(ErrorCode::Internal));
+    }
+
+    #[test]
+    fn every_error_code_round_trips_through_client_error() {
+        for code in [
+            ErrorCode::BadRequest,
+            ErrorCode::UnsupportedVersion,
+            ErrorCode::NotFound,
+            ErrorCode::AlreadyExists,
+            ErrorCode::TooLarge,
+            ErrorCode::InvalidArgument,
+            ErrorCode::OffsetOutOfRange,
+            ErrorCode::Unavailable,
+            ErrorCode::Busy,
+            ErrorCode::Internal,
+        ] {
+            let e = ClientError::from(ErrorReply::new(code, "m"));
+            assert_eq!(e.code(), Some(code));
+            assert_eq!(e.is_retryable(), code.is_retryable(), "{code:?}");
+        }
+    }
+
+    #[test]
+    fn network_errors_are_retryable_and_usage_errors_are_not() {
+        assert!(ClientError::ConnectionLost("x".into()).is_retryable());
+        assert!(ClientError::Timeout(Duration::from_secs(1)).is_retryable());
+        assert!(!ClientError::Config("x".into()).is_retryable());
+        assert!(!ClientError::TooLarge("x".into()).is_retryable());
+    }
+}

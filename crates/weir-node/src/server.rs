@@ -1,0 +1,464 @@
+//! The QUIC side: accepts connections and streams, decodes frames, dispatches requests and
+//! writes replies. See docs/PROTOCOL.md.
+//!
+//! A stream whose first frame is `Listen` becomes an event stream; any other stream is a
+//! request stream on which PUTs are pipelined: each PUT is queued to its topic's writer at once,
+//! and replies go out as group commits finish, coalesced into as few writes as possible.
+
+use crate::topic::{AppendOp, ReplyTo};
+use crate::topics::Topics;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Instant;
+use tokio::sync::{Semaphore, mpsc};
+use tracing::Instrument;
+use weir_proto::entry::{decode_entry, encode_entry};
+use weir_proto::limits::{EVENTS_BATCH_BYTES_MAX, EVENTS_BATCH_COUNT_MAX, FRAME_BYTES_MAX};
+use weir_proto::{
+    ClientFrame, ErrorCode, ErrorReply, Event, FrameDecoder, FrameError, ListenFrom, NodeStatus,
+    Offset, PROTOCOL_VERSION, Put, Reply, Request, RequestId, ServerFrame, encode_frame,
+};
+use weir_storage::ReadError;
+
+/// Most client connections at once; more are refused at the QUIC handshake.
+pub const CONNECTIONS_MAX: usize = 4096;
+/// Most bidirectional streams a client may have open per connection.
+pub const STREAMS_PER_CONNECTION_MAX: u32 = 256;
+/// Most PUTs in flight (received, not yet answered) per stream. Past it the node stops reading
+/// the stream, and QUIC flow control pushes back on the client.
+pub const PUTS_IN_FLIGHT_PER_STREAM_MAX: usize = 8192;
+/// Bytes read from a stream at a time.
+const READ_CHUNK_BYTES: usize = 64 * 1024;
+/// Replies coalesced into one write stop growing at this size.
+const WRITE_COALESCE_BYTES_MAX: usize = 256 * 1024;
+/// Id used in the error reply to a frame that could not be decoded (its id is unknown).
+/// Clients number their requests from 1.
+pub const UNDECODABLE_FRAME_ID: RequestId = RequestId(0);
+
+pub(crate) struct Ctx {
+    pub topics: Arc<Topics>,
+    pub started: Instant,
+    pub fsync: String,
+    pub max_message_bytes: usize,
+    pub max_key_bytes: usize,
+    pub connections: AtomicUsize,
+}
+
+pub(crate) async fn accept_loop(endpoint: quinn::Endpoint, ctx: Arc<Ctx>) {
+    while let Some(incoming) = endpoint.accept().await {
+        if ctx.connections.load(Ordering::Relaxed) >= CONNECTIONS_MAX {
+            tracing::warn!(remote = %incoming.remote_address(), "refusing connection: CONNECTIONS_MAX reached");
+            incoming.refuse();
+            continue;
+        }
+        let ctx = ctx.clone();
+        let remote = incoming.remote_address();
+        tokio::spawn(
+            async move {
+                ctx.connections.fetch_add(1, Ordering::Relaxed);
+                match incoming.await {
+                    Ok(conn) => handle_connection(ctx.clone(), conn).await,
+                    Err(e) => tracing::debug!(error = %e, "handshake failed"),
+                }
+                ctx.connections.fetch_sub(1, Ordering::Relaxed);
+            }
+            .instrument(tracing::info_span!("peer", %remote)),
+        );
+    }
+}
+
+async fn handle_connection(ctx: Arc<Ctx>, conn: quinn::Connection) {
+    tracing::debug!("connection open");
+    loop {
+        match conn.accept_bi().await {
+            Ok((send, recv)) => {
+                let ctx = ctx.clone();
+                tokio::spawn(handle_stream(ctx, send, recv).in_current_span());
+            }
+            Err(e) => {
+                tracing::debug!(reason = %e, "connection closed");
+                return;
+            }
+        }
+    }
+}
+
+/// Reads the next whole frame. `Ok(None)` at a clean end of stream.
+async fn read_frame(
+    recv: &mut quinn::RecvStream,
+    decoder: &mut FrameDecoder,
+    buf: &mut [u8],
+) -> Result<Option<ClientFrame>, StreamEnd> {
+    loop {
+        if let Some(frame) = decoder.next::<ClientFrame>().map_err(StreamEnd::Frame)? {
+            return Ok(Some(frame));
+        }
+        match recv.read(buf).await {
+            Ok(Some(n)) => {
+                decoder.extend(&buf[..n]);
+                decoder.check_header().map_err(StreamEnd::Frame)?;
+            }
+            Ok(None) if decoder.buffered_bytes() == 0 => return Ok(None),
+            Ok(None) => {
+                return Err(StreamEnd::Frame(FrameError::Malformed(format!(
+                    "stream ended inside a frame ({} bytes buffered)",
+                    decoder.buffered_bytes()
+                ))));
+            }
+            Err(e) => return Err(StreamEnd::Read(e)),
+        }
+    }
+}
+
+enum StreamEnd {
+    Frame(FrameError),
+    Read(quinn::ReadError),
+}
+
+fn frame_error_reply(e: &FrameError) -> ErrorReply {
+    let code = match e {
+        FrameError::TooLarge { .. } => ErrorCode::TooLarge,
+        FrameError::UnsupportedVersion(_) => ErrorCode::UnsupportedVersion,
+        FrameError::Empty | FrameError::Malformed(_) => ErrorCode::BadRequest,
+    };
+    ErrorReply::new(code, format!("{e}; closing the stream"))
+}
+
+async fn handle_stream(ctx: Arc<Ctx>, mut send: quinn::SendStream, mut recv: quinn::RecvStream) {
+    let mut decoder = FrameDecoder::new(FRAME_BYTES_MAX);
+    let mut buf = vec![0u8; READ_CHUNK_BYTES];
+    let first = match read_frame(&mut recv, &mut decoder, &mut buf).await {
+        Ok(Some(f)) => f,
+        Ok(None) => return,
+        Err(StreamEnd::Read(e)) => {
+            tracing::debug!(error = %e, "stream read failed");
+            return;
+        }
+        Err(StreamEnd::Frame(e)) => {
+            tracing::info!(error = %e, "bad frame; closing the stream");
+            write_one(&mut send, UNDECODABLE_FRAME_ID, Reply::Error(frame_error_reply(&e))).await;
+            let _ = recv.stop(0u32.into());
+            return;
+        }
+    };
+    if let Request::Listen { topic, from } = first.request {
+        let span = tracing::info_span!("topic", %topic);
+        listen(ctx, first.id, topic, from, send, recv)
+            .instrument(span)
+            .await;
+        return;
+    }
+
+    let (tx, rx) = mpsc::unbounded_channel();
+    let writer = tokio::spawn(write_replies(send, rx).in_current_span());
+    let in_flight = Arc::new(Semaphore::new(PUTS_IN_FLIGHT_PER_STREAM_MAX));
+    let mut next = Some(first);
+    loop {
+        let frame = match next.take() {
+            Some(f) => f,
+            None => match read_frame(&mut recv, &mut decoder, &mut buf).await {
+                Ok(Some(f)) => f,
+                Ok(None) => break,
+                Err(StreamEnd::Read(e)) => {
+                    tracing::debug!(error = %e, "stream read failed");
+                    break;
+                }
+                Err(StreamEnd::Frame(e)) => {
+                    tracing::info!(error = %e, "bad frame; closing the stream");
+                    let _ = tx.send(ServerFrame {
+                        id: UNDECODABLE_FRAME_ID,
+                        reply: Reply::Error(frame_error_reply(&e)),
+                    });
+                    let _ = recv.stop(0u32.into());
+                    break;
+                }
+            },
+        };
+        if !dispatch(&ctx, frame, &tx, &in_flight).await {
+            let _ = recv.stop(0u32.into());
+            break;
+        }
+    }
+    // The writer finishes the stream once every queued PUT has been answered.
+    drop(tx);
+    let _ = writer.await;
+}
+
+/// Handles one request of a request stream. Returns false if the stream must close.
+async fn dispatch(
+    ctx: &Arc<Ctx>,
+    frame: ClientFrame,
+    tx: &mpsc::UnboundedSender<ServerFrame>,
+    in_flight: &Arc<Semaphore>,
+) -> bool {
+    let id = frame.id;
+    let reply = |reply: Reply| {
+        let _ = tx.send(ServerFrame { id, reply });
+    };
+    match frame.request {
+        Request::Put(put) => {
+            // Waiting here is the backpressure: this stream is not read while it is full.
+            let Ok(permit) = in_flight.clone().acquire_owned().await else {
+                return false;
+            };
+            let reply_to = ReplyTo {
+                id,
+                tx: tx.clone(),
+                permit: Some(permit),
+            };
+            put_request(ctx, put, reply_to);
+        }
+        Request::Hello {
+            protocol_version, ..
+        } => {
+            if protocol_version != PROTOCOL_VERSION {
+                reply(Reply::Error(ErrorReply::new(
+                    ErrorCode::UnsupportedVersion,
+                    format!(
+                        "client speaks protocol {protocol_version}, this node speaks {PROTOCOL_VERSION}"
+                    ),
+                )));
+                return false;
+            }
+            reply(Reply::Hello {
+                protocol_version: PROTOCOL_VERSION,
+                server_version: env!("CARGO_PKG_VERSION").to_string(),
+            });
+        }
+        Request::CreateTopic { name, config } => {
+            // Admin requests run to completion before the next frame of this stream is read,
+            // so a PUT pipelined after a CreateTopic finds the topic.
+            let topics = ctx.topics.clone();
+            let r = tokio::task::spawn_blocking(move || topics.create(&name, config)).await;
+            reply(match r {
+                Ok(Ok(())) => Reply::TopicCreated,
+                Ok(Err(e)) => Reply::Error(e),
+                Err(e) => Reply::Error(ErrorReply::new(ErrorCode::Internal, e.to_string())),
+            });
+        }
+        Request::DeleteTopic { name } => {
+            let topics = ctx.topics.clone();
+            let r = tokio::task::spawn_blocking(move || topics.delete(&name)).await;
+            reply(match r {
+                Ok(Ok(())) => Reply::TopicDeleted,
+                Ok(Err(e)) => Reply::Error(e),
+                Err(e) => Reply::Error(ErrorReply::new(ErrorCode::Internal, e.to_string())),
+            });
+        }
+        Request::ListTopics => reply(Reply::Topics(ctx.topics.list())),
+        Request::Status => reply(Reply::Status(NodeStatus {
+            server_version: env!("CARGO_PKG_VERSION").to_string(),
+            uptime_ms: u64::try_from(ctx.started.elapsed().as_millis()).unwrap_or(u64::MAX),
+            fsync: ctx.fsync.clone(),
+            topics: ctx.topics.all().iter().map(|t| t.status()).collect(),
+        })),
+        Request::Listen { .. } => {
+            reply(Reply::Error(ErrorReply::new(
+                ErrorCode::BadRequest,
+                "Listen must be the first request of its own stream; closing the stream",
+            )));
+            return false;
+        }
+    }
+    true
+}
+
+fn put_request(ctx: &Ctx, put: Put, reply_to: ReplyTo) {
+    let key_bytes = put.key.as_ref().map_or(0, Vec::len);
+    if key_bytes > ctx.max_key_bytes {
+        return reply_to.send(Reply::Error(ErrorReply::new(
+            ErrorCode::TooLarge,
+            format!(
+                "key of {key_bytes} bytes exceeds this node's limit of {} bytes",
+                ctx.max_key_bytes
+            ),
+        )));
+    }
+    if put.value.len() > ctx.max_message_bytes {
+        return reply_to.send(Reply::Error(ErrorReply::new(
+            ErrorCode::TooLarge,
+            format!(
+                "message of {} bytes exceeds this node's limit of {} bytes (max_message_bytes)",
+                put.value.len(),
+                ctx.max_message_bytes
+            ),
+        )));
+    }
+    let topic = match ctx.topics.get_or_not_found(&put.topic) {
+        Ok(t) => t,
+        Err(e) => return reply_to.send(Reply::Error(e)),
+    };
+    let mut entry = Vec::with_capacity(put.value.len() + key_bytes + 32);
+    if let Err(e) = encode_entry(
+        put.producer_id,
+        put.seq,
+        put.key.as_deref(),
+        &put.value,
+        &mut entry,
+    ) {
+        return reply_to.send(Reply::Error(ErrorReply::new(
+            ErrorCode::Internal,
+            e.to_string(),
+        )));
+    }
+    topic.append(AppendOp {
+        entry,
+        reply: reply_to,
+    });
+}
+
+async fn write_replies(mut send: quinn::SendStream, mut rx: mpsc::UnboundedReceiver<ServerFrame>) {
+    let mut buf = Vec::with_capacity(64 * 1024);
+    while let Some(first) = rx.recv().await {
+        buf.clear();
+        encode_reply(&first, &mut buf);
+        while buf.len() < WRITE_COALESCE_BYTES_MAX {
+            match rx.try_recv() {
+                Ok(frame) => encode_reply(&frame, &mut buf),
+                Err(_) => break,
+            }
+        }
+        if let Err(e) = send.write_all(&buf).await {
+            tracing::debug!(error = %e, "reply write failed; client gone");
+            return;
+        }
+    }
+    let _ = send.finish();
+}
+
+fn encode_reply(frame: &ServerFrame, buf: &mut Vec<u8>) {
+    if let Err(e) = encode_frame(frame, buf) {
+        // Only an event batch could be too large, and those are bounded: this is a bug.
+        tracing::error!(error = %e, id = %frame.id, "cannot encode reply");
+        let fallback = ServerFrame {
+            id: frame.id,
+            reply: Reply::Error(ErrorReply::new(ErrorCode::Internal, e.to_string())),
+        };
+        let _ = encode_frame(&fallback, buf);
+    }
+}
+
+async fn write_one(send: &mut quinn::SendStream, id: RequestId, reply: Reply) {
+    let mut buf = Vec::new();
+    encode_reply(&ServerFrame { id, reply }, &mut buf);
+    let _ = send.write_all(&buf).await;
+    let _ = send.finish();
+}
+
+/// Streams committed entries of `topic` from `from` until the client stops the stream, the
+/// topic is deleted, or the node shuts down.
+async fn listen(
+    ctx: Arc<Ctx>,
+    id: RequestId,
+    topic_name: String,
+    from: ListenFrom,
+    mut send: quinn::SendStream,
+    recv: quinn::RecvStream,
+) {
+    // The client sends nothing more on a listen stream; dropping `recv` tells it so.
+    drop(recv);
+    let result = async {
+        let topic = ctx.topics.get_or_not_found(&topic_name)?;
+        let (reader, mut committed) = topic.reader()?;
+        drop(topic);
+        let committed_now = *committed.borrow_and_update();
+        let start = reader.start_offset();
+        let mut next = match from {
+            ListenFrom::Start => start,
+            ListenFrom::End => committed_now,
+            ListenFrom::Offset(n) if n < start || n > committed_now => {
+                return Err(ErrorReply::new(
+                    ErrorCode::OffsetOutOfRange,
+                    format!(
+                        "offset {n} is outside topic {topic_name:?}'s range [{start}, {committed_now}]"
+                    ),
+                ));
+            }
+            ListenFrom::Offset(n) => n,
+        };
+        tracing::debug!(%next, "listener attached");
+        let mut buf = Vec::new();
+        loop {
+            let committed_now = *committed.borrow_and_update();
+            if next < committed_now {
+                let events = read_events(&reader, next, &topic_name).await?;
+                let Some(last) = events.last() else {
+                    return Err(ErrorReply::new(
+                        ErrorCode::Internal,
+                        format!("no entry at offset {next} below the committed offset {committed_now}"),
+                    ));
+                };
+                // Offsets are dense: the next batch starts right after this one.
+                debug_assert_eq!(last.offset.0 - next.0 + 1, events.len() as u64);
+                next = last.offset.next();
+                buf.clear();
+                encode_reply(
+                    &ServerFrame {
+                        id,
+                        reply: Reply::Events(events),
+                    },
+                    &mut buf,
+                );
+                if send.write_all(&buf).await.is_err() {
+                    return Ok(());
+                }
+                continue;
+            }
+            tokio::select! {
+                changed = committed.changed() => if changed.is_err() {
+                    return Err(ErrorReply::new(
+                        ErrorCode::NotFound,
+                        format!("topic {topic_name:?} was deleted or the node is shutting down"),
+                    ));
+                },
+                _ = send.stopped() => return Ok(()),
+            }
+        }
+    }
+    .await;
+    if let Err(e) = result {
+        tracing::debug!(error = %e, "listener ends with an error");
+        write_one(&mut send, id, Reply::Error(e)).await;
+    }
+}
+
+async fn read_events(
+    reader: &weir_storage::LogReader,
+    from: Offset,
+    topic: &str,
+) -> Result<Vec<Event>, ErrorReply> {
+    let reader = reader.clone();
+    let records = tokio::task::spawn_blocking(move || {
+        reader.read(from, EVENTS_BATCH_BYTES_MAX, EVENTS_BATCH_COUNT_MAX)
+    })
+    .await
+    .map_err(|e| ErrorReply::new(ErrorCode::Internal, e.to_string()))?
+    .map_err(|e| match e {
+        ReadError::OutOfRange { .. } => ErrorReply::new(
+            ErrorCode::OffsetOutOfRange,
+            format!("{e} (retention deleted it while the listener was behind)"),
+        ),
+        other => ErrorReply::new(
+            ErrorCode::Unavailable,
+            format!("topic {topic:?}: {other}"),
+        ),
+    })?;
+    records
+        .into_iter()
+        .map(|r| {
+            let entry = decode_entry(&r.payload).map_err(|e| {
+                ErrorReply::new(
+                    ErrorCode::Unavailable,
+                    format!("topic {topic:?} offset {}: {e}", r.offset),
+                )
+            })?;
+            Ok(Event {
+                offset: r.offset,
+                timestamp_ms: r.timestamp_ms,
+                key: entry.key,
+                value: entry.value,
+            })
+        })
+        .collect()
+}

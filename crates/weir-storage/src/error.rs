@@ -1,0 +1,96 @@
+//! One error type per operation, so a caller matches only what that operation can return.
+
+use std::fmt;
+use std::io;
+use std::path::PathBuf;
+use weir_proto::Offset;
+
+/// Why [`crate::Log::open`] failed. Nothing on disk was changed when it returns `Corrupt`.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    #[error("log storage I/O error on {}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    /// A record that is not a torn tail failed its checks: the log refuses to open rather than
+    /// silently dropping data in its middle.
+    #[error(
+        "corrupt log file {} at byte position {position}{}: {reason}",
+        file.display(),
+        AtOffset(*offset)
+    )]
+    Corrupt {
+        file: PathBuf,
+        position: u64,
+        /// The offset the record at `position` should have had, when known.
+        offset: Option<Offset>,
+        reason: String,
+    },
+    /// Another `Log` (in this or another process) holds the directory.
+    #[error("log directory {} is in use by another writer", dir.display())]
+    Locked { dir: PathBuf },
+    #[error("invalid log config: {0}")]
+    Config(String),
+}
+
+/// Why an append, commit, sync or retention pass failed.
+#[derive(Debug, thiserror::Error)]
+pub enum LogError {
+    /// The call that met this error also poisoned the log (unless it was a file deletion).
+    #[error("log storage I/O error on {}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    /// An earlier write or fsync failed; the log refuses all further writes. Holds that error's
+    /// text. Reopen the log to recover from what is on disk.
+    #[error("log is poisoned by an earlier failure: {0}")]
+    Poisoned(String),
+    /// The payload is larger than `record_bytes_max`; nothing was written.
+    #[error("record of {bytes} bytes exceeds the limit of {max} bytes")]
+    TooLarge { bytes: usize, max: usize },
+}
+
+/// Why [`crate::LogReader::read`] failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    /// `requested` is below the oldest retained offset or above the committed end.
+    #[error("offset {requested} is out of range [{start}, {committed}]")]
+    OutOfRange {
+        requested: Offset,
+        start: Offset,
+        committed: Offset,
+    },
+    #[error(
+        "corrupt log file {} at byte position {position}{}: {reason}",
+        file.display(),
+        AtOffset(*offset)
+    )]
+    Corrupt {
+        file: PathBuf,
+        position: u64,
+        offset: Option<Offset>,
+        reason: String,
+    },
+    #[error("log storage I/O error on {}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// Formats `" (offset N)"`, or nothing when the offset is unknown.
+struct AtOffset(Option<Offset>);
+
+impl fmt::Display for AtOffset {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0 {
+            Some(offset) => write!(f, " (offset {offset})"),
+            None => Ok(()),
+        }
+    }
+}
