@@ -1,1 +1,272 @@
-fn main() {}
+//! `weir`: run a node, manage certificates and topics, put and listen, and a self-contained demo.
+
+mod commands;
+mod demo;
+mod output;
+
+use clap::{Args, Parser, Subcommand};
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use tracing_subscriber::EnvFilter;
+use weir_client::{ListenFrom, Offset};
+use weir_node::FsyncPolicy;
+
+/// weir: a replicated message log. Run `weir demo` for a tour.
+#[derive(Debug, Parser)]
+#[command(name = "weir", version, max_term_width = 100)]
+struct Cli {
+    #[command(flatten)]
+    global: GlobalArgs,
+    #[command(subcommand)]
+    command: Command,
+}
+
+/// Where the node is and how to trust it (for the client commands), and the data directory.
+#[derive(Debug, Args)]
+struct GlobalArgs {
+    /// Node addresses, host:port[,host:port...], tried in order.
+    #[arg(
+        long,
+        global = true,
+        help_heading = "Global options",
+        env = "WEIR_CLUSTER",
+        default_value = "127.0.0.1:7070"
+    )]
+    cluster: String,
+    /// The cluster CA certificate (PEM) to verify the node with
+    /// [default: <data-dir>/certs/ca.crt].
+    #[arg(long, global = true, help_heading = "Global options", env = "WEIR_CA")]
+    ca: Option<PathBuf>,
+    /// The name the node's certificate must be valid for.
+    #[arg(
+        long,
+        global = true,
+        help_heading = "Global options",
+        env = "WEIR_SERVER_NAME",
+        default_value = "localhost"
+    )]
+    server_name: String,
+    /// The node's data directory [default: ./weir-data].
+    #[arg(
+        long,
+        global = true,
+        help_heading = "Global options",
+        env = "WEIR_DATA_DIR"
+    )]
+    data_dir: Option<PathBuf>,
+}
+
+impl GlobalArgs {
+    fn data_dir_or_default(&self) -> PathBuf {
+        self.data_dir
+            .clone()
+            .unwrap_or_else(|| PathBuf::from("weir-data"))
+    }
+
+    fn ca_path(&self) -> PathBuf {
+        self.ca
+            .clone()
+            .unwrap_or_else(|| self.data_dir_or_default().join("certs").join("ca.crt"))
+    }
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run a node until SIGINT or SIGTERM.
+    Node(NodeArgs),
+    /// Manage the cluster's certificates.
+    #[command(subcommand)]
+    Certs(CertsCommand),
+    /// Create, delete and list topics.
+    #[command(subcommand)]
+    Topic(TopicCommand),
+    /// Put one message (VALUE), or one message per line of stdin (pipelined).
+    Put(PutArgs),
+    /// Print a topic's messages: offset, timestamp_ms, key, value (tab-separated; tabs and
+    /// newlines inside keys and values are shown as \t and \n).
+    Listen(ListenArgs),
+    /// Show the node's version, uptime, fsync mode and per-topic counters.
+    Status,
+    /// Start a node in a temporary directory, write and read messages, and clean up.
+    Demo,
+}
+
+#[derive(Debug, Args)]
+struct NodeArgs {
+    /// Address to serve on [default: 127.0.0.1:7070, or the config file's].
+    #[arg(long)]
+    listen: Option<std::net::SocketAddr>,
+    /// A weir.toml with node settings; flags override it.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// When to fsync: always, interval:<ms> or never [default: always, or the config file's].
+    #[arg(long, value_parser = parse_fsync)]
+    fsync: Option<FsyncPolicy>,
+}
+
+#[derive(Debug, Subcommand)]
+enum CertsCommand {
+    /// Create a cluster CA with a node and a client certificate.
+    Init {
+        /// Directory for the files [default: <data-dir>/certs].
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        /// Another name or IP the node certificate is valid for (besides localhost, 127.0.0.1
+        /// and ::1); repeatable.
+        #[arg(long = "host", value_name = "NAME")]
+        hosts: Vec<String>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum TopicCommand {
+    /// Create a topic.
+    Create {
+        /// 1 to 249 characters of [A-Za-z0-9._-].
+        name: String,
+        /// Delete the oldest segments while the topic holds more than this many bytes.
+        #[arg(long)]
+        retention_bytes: Option<u64>,
+        /// Delete segments whose newest message is older than this many milliseconds.
+        #[arg(long)]
+        retention_ms: Option<u64>,
+        /// Start a new segment file at this size.
+        #[arg(long)]
+        segment_bytes: Option<u64>,
+    },
+    /// Delete a topic and its messages.
+    Delete {
+        /// The topic to delete.
+        name: String,
+    },
+    /// List the topics.
+    List,
+}
+
+#[derive(Debug, Args)]
+struct PutArgs {
+    /// The topic to write to.
+    topic: String,
+    /// The message's key (for every line when reading stdin).
+    #[arg(long)]
+    key: Option<String>,
+    /// The message; without it, every line of stdin is one message.
+    value: Option<String>,
+    /// PUTs in flight at once when reading stdin.
+    #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..=8192))]
+    window: u32,
+}
+
+#[derive(Debug, Args)]
+struct ListenArgs {
+    /// The topic to read.
+    topic: String,
+    /// Where to start: start, end or an offset.
+    #[arg(long, default_value = "end", value_parser = parse_from)]
+    from: ListenFrom,
+    /// Exit after this many messages (otherwise follow the topic until interrupted).
+    #[arg(long)]
+    count: Option<u64>,
+}
+
+fn parse_fsync(s: &str) -> Result<FsyncPolicy, String> {
+    s.parse()
+        .map_err(|e: weir_storage::ParseFsyncPolicyError| e.to_string())
+}
+
+fn parse_from(s: &str) -> Result<ListenFrom, String> {
+    match s {
+        "start" => Ok(ListenFrom::Start),
+        "end" => Ok(ListenFrom::End),
+        n => n
+            .parse::<u64>()
+            .map(|n| ListenFrom::Offset(Offset(n)))
+            .map_err(|_| format!("expected start, end or an offset, got {n:?}")),
+    }
+}
+
+fn init_tracing(default: &str) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .init();
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing(match cli.command {
+        // The demo's own output tells the story; node logs would interleave with it.
+        Command::Demo => "warn",
+        _ => "warn,weir=info,weir_cli=info,weir_node=info,weir_client=info,weir_storage=info",
+    });
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) if output::is_broken_pipe(&e) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    let g = &cli.global;
+    match cli.command {
+        Command::Node(args) => commands::node(g, args).await,
+        Command::Certs(CertsCommand::Init { dir, hosts }) => {
+            let dir = dir.unwrap_or_else(|| g.data_dir_or_default().join("certs"));
+            commands::certs_init(&dir, &hosts)
+        }
+        Command::Topic(cmd) => commands::topic(g, cmd).await,
+        Command::Put(args) => commands::put(g, args).await,
+        Command::Listen(args) => commands::listen(g, args).await,
+        Command::Status => commands::status(g).await,
+        Command::Demo => demo::run().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn listen_from_parses_start_end_and_offsets() {
+        assert_eq!(parse_from("start"), Ok(ListenFrom::Start));
+        assert_eq!(parse_from("end"), Ok(ListenFrom::End));
+        assert_eq!(parse_from("42"), Ok(ListenFrom::Offset(Offset(42))));
+        assert!(parse_from("-1").is_err());
+        assert!(parse_from("beginning").is_err());
+    }
+
+    #[test]
+    fn ca_defaults_to_the_data_dir_certs() {
+        let cli = Cli::try_parse_from(["weir", "--data-dir", "/d", "status"]).unwrap();
+        assert_eq!(cli.global.ca_path(), PathBuf::from("/d/certs/ca.crt"));
+        let cli = Cli::try_parse_from(["weir", "status", "--ca", "/x/ca.crt"]).unwrap();
+        assert_eq!(cli.global.ca_path(), PathBuf::from("/x/ca.crt"));
+    }
+
+    #[test]
+    fn fsync_flag_accepts_the_three_policies() {
+        for ok in ["always", "never", "interval:100"] {
+            assert!(parse_fsync(ok).is_ok(), "{ok}");
+        }
+        assert!(parse_fsync("sometimes").is_err());
+    }
+}

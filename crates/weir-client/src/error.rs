@@ -9,6 +9,7 @@ use weir_proto::{ErrorCode, ErrorReply};
 /// client itself or of the network say what was tried. The type is `Clone` so one connection
 /// failure can be handed to every request that was waiting on that connection.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum ClientError {
     /// The topic does not exist.
     #[error("not found: {0}")]
@@ -124,8 +125,14 @@ mod tests {
 
     #[test]
     fn node_error_codes_map_to_typed_variants_keeping_the_message() {
-        let e = ClientError::from(ErrorReply::new(ErrorCode::NotFound, "topic \"t\" does not exist"));
-        assert_eq!(e, ClientError::NotFound("topic \"t\" does not exist".into()));
+        let e = ClientError::from(ErrorReply::new(
+            ErrorCode::NotFound,
+            "topic \"t\" does not exist",
+        ));
+        assert_eq!(
+            e,
+            ClientError::NotFound("topic \"t\" does not exist".into())
+        );
         assert_eq!(e.to_string(), "not found: topic \"t\" does not exist");
         assert_eq!(e.code(), Some(ErrorCode::NotFound));
 

@@ -80,13 +80,12 @@ impl Node {
             .map_err(|e| StartError::Tls(format!("topic opening task failed: {e}")))??;
         let topics = Arc::new(topics);
 
-        let endpoint =
-            quinn::Endpoint::server(server_config, config.listen).map_err(|source| {
-                StartError::Bind {
-                    addr: config.listen,
-                    source,
-                }
-            })?;
+        let endpoint = quinn::Endpoint::server(server_config, config.listen).map_err(|source| {
+            StartError::Bind {
+                addr: config.listen,
+                source,
+            }
+        })?;
         let local_addr = endpoint.local_addr().map_err(|source| StartError::Bind {
             addr: config.listen,
             source,

@@ -7,7 +7,6 @@
 
 use crate::topic::{AppendOp, ReplyTo};
 use crate::topics::Topics;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
@@ -137,7 +136,12 @@ async fn handle_stream(ctx: Arc<Ctx>, mut send: quinn::SendStream, mut recv: qui
         }
         Err(StreamEnd::Frame(e)) => {
             tracing::info!(error = %e, "bad frame; closing the stream");
-            write_one(&mut send, UNDECODABLE_FRAME_ID, Reply::Error(frame_error_reply(&e))).await;
+            write_one(
+                &mut send,
+                UNDECODABLE_FRAME_ID,
+                Reply::Error(frame_error_reply(&e)),
+            )
+            .await;
             let _ = recv.stop(0u32.into());
             return;
         }
@@ -407,10 +411,13 @@ async fn listen(
             }
             tokio::select! {
                 changed = committed.changed() => if changed.is_err() {
-                    return Err(ErrorReply::new(
-                        ErrorCode::NotFound,
-                        format!("topic {topic_name:?} was deleted or the node is shutting down"),
-                    ));
+                    // The writer stopped: either the topic was deleted (it left the registry
+                    // first) or the node is shutting down (retryable: resume elsewhere/later).
+                    return Err(if ctx.topics.get(&topic_name).is_none() {
+                        ErrorReply::new(ErrorCode::NotFound, format!("topic {topic_name:?} was deleted"))
+                    } else {
+                        ErrorReply::new(ErrorCode::Unavailable, "the node is shutting down")
+                    });
                 },
                 _ = send.stopped() => return Ok(()),
             }
@@ -439,10 +446,7 @@ async fn read_events(
             ErrorCode::OffsetOutOfRange,
             format!("{e} (retention deleted it while the listener was behind)"),
         ),
-        other => ErrorReply::new(
-            ErrorCode::Unavailable,
-            format!("topic {topic:?}: {other}"),
-        ),
+        other => ErrorReply::new(ErrorCode::Unavailable, format!("topic {topic:?}: {other}")),
     })?;
     records
         .into_iter()

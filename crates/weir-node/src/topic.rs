@@ -18,7 +18,7 @@ use weir_proto::{
     Committed, ErrorCode, ErrorReply, Offset, Reply, RequestId, ServerFrame, TimestampMs,
     TopicConfig, TopicStatus,
 };
-use weir_storage::{Log, LogReader, LogStats};
+use weir_storage::{FsyncPolicy, Log, LogReader, LogStats};
 
 /// Most appends gathered into one group commit (one fsync). Bounds the latency a batch adds
 /// and the memory it holds.
@@ -38,10 +38,7 @@ pub(crate) struct ReplyTo {
 impl ReplyTo {
     pub fn send(self, reply: Reply) {
         // The stream may be gone (client left): then nobody waits for this reply.
-        let _ = self.tx.send(ServerFrame {
-            id: self.id,
-            reply,
-        });
+        let _ = self.tx.send(ServerFrame { id: self.id, reply });
         drop(self.permit);
     }
 }
@@ -59,6 +56,7 @@ struct Shared {
     stats: LogStats,
     start_offset: Offset,
     next_offset: Offset,
+    synced_offset: Offset,
     failure: Option<String>,
 }
 
@@ -108,6 +106,7 @@ impl Topic {
             stats: log.stats(),
             start_offset: log.start_offset(),
             next_offset: log.next_offset(),
+            synced_offset: log.synced_offset(),
             failure: None,
         }));
         let last_timestamp_ms = last_timestamp(&reader, committed_offset);
@@ -120,6 +119,7 @@ impl Topic {
             shared: shared.clone(),
             last_timestamp_ms,
             retention_check_interval: Duration::from_millis(retention_check_interval_ms),
+            unsynced: false,
         };
         let thread = std::thread::Builder::new()
             .name(format!("weir-topic-{name}"))
@@ -186,6 +186,7 @@ impl Topic {
                     start_offset: s.start_offset,
                     next_offset: s.next_offset,
                     committed_offset: *o.committed.borrow(),
+                    durable_offset: s.synced_offset,
                     segments: s.stats.segments,
                     bytes: s.stats.bytes,
                     fsyncs: s.stats.fsyncs,
@@ -198,6 +199,7 @@ impl Topic {
                 start_offset: Offset::ZERO,
                 next_offset: Offset::ZERO,
                 committed_offset: Offset::ZERO,
+                durable_offset: Offset::ZERO,
                 segments: 0,
                 bytes: 0,
                 fsyncs: 0,
@@ -266,6 +268,8 @@ struct Writer {
     shared: Arc<Mutex<Shared>>,
     last_timestamp_ms: TimestampMs,
     retention_check_interval: Duration,
+    /// Under `interval:<ms>`, records were committed (acknowledged) but maybe not yet fsynced.
+    unsynced: bool,
 }
 
 impl Writer {
@@ -274,8 +278,16 @@ impl Writer {
         let _enter = span.enter();
         let mut batch: Vec<AppendOp> = Vec::new();
         let mut last_retention = std::time::Instant::now();
+        // Under `interval:<ms>` the log only syncs when a commit finds the interval elapsed, so
+        // the writer also wakes up every interval to sync what an idle period left behind.
+        let tick = match self.log.config().fsync {
+            FsyncPolicy::Interval { interval_ms } => self
+                .retention_check_interval
+                .min(Duration::from_millis(interval_ms.max(1))),
+            FsyncPolicy::Always | FsyncPolicy::Never => self.retention_check_interval,
+        };
         loop {
-            match self.ops.recv_timeout(self.retention_check_interval) {
+            match self.ops.recv_timeout(tick) {
                 Ok(op) => batch.push(op),
                 Err(std_mpsc::RecvTimeoutError::Timeout) => {}
                 Err(std_mpsc::RecvTimeoutError::Disconnected) => break,
@@ -293,6 +305,8 @@ impl Writer {
             }
             if !batch.is_empty() {
                 self.commit_batch(&mut batch);
+            } else if self.unsynced {
+                self.sync_idle();
             }
             if last_retention.elapsed() >= self.retention_check_interval {
                 last_retention = std::time::Instant::now();
@@ -334,6 +348,7 @@ impl Writer {
             Ok(committed) => {
                 debug_assert_eq!(offsets.len(), batch.len());
                 debug_assert!(offsets.last().is_none_or(|o| o.next() == committed));
+                self.unsynced = matches!(self.log.config().fsync, FsyncPolicy::Interval { .. });
                 self.publish(committed);
                 for (op, offset) in batch.drain(..).zip(offsets) {
                     op.reply.send(Reply::Committed(Committed {
@@ -357,6 +372,24 @@ impl Writer {
         }
     }
 
+    /// Interval policy, nothing arrived for a whole interval: fsync what is acknowledged.
+    fn sync_idle(&mut self) {
+        if lock(&self.shared).failure.is_some() {
+            return;
+        }
+        match self.log.sync() {
+            Ok(()) => {
+                self.unsynced = false;
+                self.refresh_shared();
+            }
+            Err(e) => {
+                let reason = e.to_string();
+                tracing::error!(error = %reason, "interval sync failed; no more writes are acknowledged");
+                lock(&self.shared).failure = Some(reason);
+            }
+        }
+    }
+
     /// The one path by which entries become visible (see the module doc).
     fn publish(&mut self, committed: Offset) {
         self.refresh_shared();
@@ -368,6 +401,7 @@ impl Writer {
         s.stats = self.log.stats();
         s.start_offset = self.log.start_offset();
         s.next_offset = self.log.next_offset();
+        s.synced_offset = self.log.synced_offset();
     }
 
     fn apply_retention(&mut self) {

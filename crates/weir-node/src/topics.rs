@@ -143,8 +143,8 @@ impl Topics {
         };
         let _ = fs::remove_dir_all(&tmp_dir);
         fs::create_dir_all(&tmp_dir).map_err(internal)?;
-        let text = toml::to_string(&config)
-            .map_err(|e| internal(std::io::Error::other(e.to_string())))?;
+        let text =
+            toml::to_string(&config).map_err(|e| internal(std::io::Error::other(e.to_string())))?;
         write_synced(&tmp_dir.join(TOPIC_CONFIG_FILE), text.as_bytes()).map_err(internal)?;
         fs::rename(&tmp_dir, &final_dir).map_err(internal)?;
         sync_dir(&self.dir).map_err(internal)?;

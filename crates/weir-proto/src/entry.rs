@@ -53,7 +53,9 @@ pub fn encode_entry(
 pub fn decode_entry(bytes: &[u8]) -> Result<StoredEntry, DecodeError> {
     match bytes.split_first() {
         Some((&ENTRY_FORMAT_VERSION, rest)) => codec::decode(rest),
-        Some((v, _)) => Err(DecodeError::new(format!("unknown entry format version {v}"))),
+        Some((v, _)) => Err(DecodeError::new(format!(
+            "unknown entry format version {v}"
+        ))),
         None => Err(DecodeError::new("empty entry".into())),
     }
 }

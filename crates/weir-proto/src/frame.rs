@@ -107,6 +107,8 @@ impl FrameDecoder {
 
     /// Takes the next whole frame's message out, if one is complete. An error means the stream
     /// cannot be resynchronised: answer it and close the stream.
+    // Not `Iterator::next`: this one is generic over the message type and fallible.
+    #[allow(clippy::should_implement_trait)]
     pub fn next<T: DeserializeOwned>(&mut self) -> Result<Option<T>, FrameError> {
         let Some(len) = self.peek_body_len()? else {
             return Ok(None);

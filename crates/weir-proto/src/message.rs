@@ -31,13 +31,24 @@ pub struct ServerFrame {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Request {
     /// Optional first request on a stream; the node answers with its version.
-    Hello { protocol_version: u8, client_name: String },
-    CreateTopic { name: String, config: TopicConfig },
-    DeleteTopic { name: String },
+    Hello {
+        protocol_version: u8,
+        client_name: String,
+    },
+    CreateTopic {
+        name: String,
+        config: TopicConfig,
+    },
+    DeleteTopic {
+        name: String,
+    },
     ListTopics,
     Put(Put),
     /// Turns the stream into an event stream: the node sends `Events` until the client closes it.
-    Listen { topic: String, from: ListenFrom },
+    Listen {
+        topic: String,
+        from: ListenFrom,
+    },
     Status,
 }
 
@@ -90,7 +101,10 @@ pub struct TopicConfig {
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Reply {
-    Hello { protocol_version: u8, server_version: String },
+    Hello {
+        protocol_version: u8,
+        server_version: String,
+    },
     TopicCreated,
     TopicDeleted,
     Topics(Vec<TopicInfo>),
@@ -154,6 +168,9 @@ pub struct TopicStatus {
     pub next_offset: Offset,
     /// Entries below this offset are durable (fsynced) and visible to listeners.
     pub committed_offset: Offset,
+    /// Entries below this are known to be fsynced. Equals `committed_offset` under
+    /// `fsync = "always"`; may lag it under `interval:<ms>` or `never`.
+    pub durable_offset: Offset,
     pub segments: u64,
     pub bytes: u64,
     /// fsyncs done for this topic's log since the node started.

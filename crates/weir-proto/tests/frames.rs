@@ -187,7 +187,10 @@ fn frame_above_a_smaller_reader_cap_is_rejected() {
 fn empty_frame_and_unknown_version_are_errors() {
     let mut decoder = FrameDecoder::new(FRAME_BYTES_MAX);
     decoder.extend(&0u32.to_be_bytes());
-    assert_eq!(decoder.next::<ClientFrame>().unwrap_err(), FrameError::Empty);
+    assert_eq!(
+        decoder.next::<ClientFrame>().unwrap_err(),
+        FrameError::Empty
+    );
 
     let mut wire = Vec::new();
     encode_frame(
@@ -224,7 +227,14 @@ fn unknown_request_variant_is_malformed_not_a_panic() {
 #[test]
 fn inner_length_claiming_huge_vector_fails_without_allocating() {
     // A Put whose value claims u64::MAX bytes inside a tiny frame.
-    let mut body = vec![PROTOCOL_VERSION, 1, 4 /* Put */, 1, b't', 0 /* key None */];
+    let mut body = vec![
+        PROTOCOL_VERSION,
+        1,
+        4, /* Put */
+        1,
+        b't',
+        0, /* key None */
+    ];
     body.push(255); // varint marker for u64
     body.extend_from_slice(&u64::MAX.to_le_bytes());
     let mut wire = (body.len() as u32).to_be_bytes().to_vec();

@@ -94,3 +94,51 @@ impl fmt::Display for AtOffset {
         }
     }
 }
+
+/// An I/O error and the file it happened on, converted into each operation's error type.
+#[derive(Debug)]
+pub(crate) struct IoAt {
+    pub path: PathBuf,
+    pub source: io::Error,
+}
+
+pub(crate) trait IoResultExt<T> {
+    /// Attaches the path the failed operation was about.
+    fn at(self, path: &std::path::Path) -> Result<T, IoAt>;
+}
+
+impl<T> IoResultExt<T> for io::Result<T> {
+    fn at(self, path: &std::path::Path) -> Result<T, IoAt> {
+        self.map_err(|source| IoAt {
+            path: path.to_owned(),
+            source,
+        })
+    }
+}
+
+impl From<IoAt> for OpenError {
+    fn from(e: IoAt) -> Self {
+        Self::Io {
+            path: e.path,
+            source: e.source,
+        }
+    }
+}
+
+impl From<IoAt> for LogError {
+    fn from(e: IoAt) -> Self {
+        Self::Io {
+            path: e.path,
+            source: e.source,
+        }
+    }
+}
+
+impl From<IoAt> for ReadError {
+    fn from(e: IoAt) -> Self {
+        Self::Io {
+            path: e.path,
+            source: e.source,
+        }
+    }
+}

@@ -1,1 +1,31 @@
-//! weir-storage
+//! weir-storage: one topic's durable log.
+//!
+//! A log is a directory of segment files (`<base offset>.log`, 20 digits) of CRC-framed records,
+//! each with a sparse offset index (`<base offset>.idx`). One [`Log`] writes: it appends, then
+//! makes a batch durable and visible with one [`Log::commit`] (group commit). Any number of
+//! [`LogReader`]s read committed records concurrently. See `docs/STORAGE.md` for the byte-level
+//! format, the fsync policies, and the recovery rules.
+//!
+//! Nothing here is async: the node runs the writer on a thread of its own.
+
+mod config;
+mod error;
+mod index;
+mod log;
+mod reader;
+mod record;
+mod recovery;
+mod segment;
+
+#[cfg(test)]
+mod tests;
+
+pub use config::{
+    FsyncPolicy, LogConfig, ParseFsyncPolicyError, RECORD_BYTES_MAX, SEGMENT_BYTES_MAX,
+};
+pub use error::{LogError, OpenError, ReadError};
+pub use log::{Log, LogStats, RetentionReport};
+pub use reader::{LogReader, Record};
+pub use record::RECORD_HEADER_BYTES;
+pub use recovery::{RecoveryReport, Truncation};
+pub use weir_proto::{Offset, TimestampMs};

@@ -49,13 +49,13 @@ fn crc_of(body_header: &[u8], payload: &[u8]) -> u32 {
     hasher.finalize()
 }
 
-fn u32_at(bytes: &[u8], at: usize) -> u32 {
+pub(crate) fn u32_at(bytes: &[u8], at: usize) -> u32 {
     let mut raw = [0u8; 4];
     raw.copy_from_slice(&bytes[at..at + 4]);
     u32::from_le_bytes(raw)
 }
 
-fn u64_at(bytes: &[u8], at: usize) -> u64 {
+pub(crate) fn u64_at(bytes: &[u8], at: usize) -> u64 {
     let mut raw = [0u8; 8];
     raw.copy_from_slice(&bytes[at..at + 8]);
     u64::from_le_bytes(raw)
@@ -121,10 +121,12 @@ pub(crate) struct BadRecord {
 }
 
 /// A record that passed every check.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub(crate) struct GoodRecord {
     pub total_bytes: u64,
     pub timestamp_ms: TimestampMs,
+    /// Only when asked for.
+    pub payload: Option<Vec<u8>>,
 }
 
 /// Buffered `pread` over a file that may grow while it is read (the active segment). Only bytes
@@ -179,7 +181,7 @@ impl<'a> PositionedReader<'a> {
         expected: Offset,
         record_bytes_max: usize,
         want_payload: bool,
-    ) -> io::Result<Result<(GoodRecord, Option<Vec<u8>>), BadRecord>> {
+    ) -> io::Result<Result<GoodRecord, BadRecord>> {
         let bad = |reason: String, torn_candidate| {
             Ok(Err(BadRecord {
                 position,
@@ -216,12 +218,11 @@ impl<'a> PositionedReader<'a> {
                 false,
             );
         }
-        let payload = want_payload.then(|| body[RECORD_HEADER_BYTES..].to_vec());
-        let good = GoodRecord {
+        Ok(Ok(GoodRecord {
             total_bytes: header.total_bytes(),
             timestamp_ms: header.timestamp_ms,
-        };
-        Ok(Ok((good, payload)))
+            payload: want_payload.then(|| body[RECORD_HEADER_BYTES..].to_vec()),
+        }))
     }
 
     /// Whether a complete record with a valid CRC and an offset in `offsets` starts at

@@ -1,0 +1,127 @@
+//! [`Producer`]: pipelined PUTs with a bounded window.
+
+use crate::client::committed;
+use crate::session::PendingReply;
+use crate::{Client, ClientError};
+use std::future::{Future, IntoFuture};
+use std::pin::Pin;
+use std::sync::Arc;
+use tokio::sync::Semaphore;
+use weir_proto::Committed;
+
+/// Sends PUTs to one topic without waiting for each to commit, keeping at most `window` of them
+/// in flight. Made by [`Client::producer`].
+///
+/// [`Producer::send`] returns as soon as the PUT is queued (it waits only while `window` PUTs
+/// are unanswered) and hands back a [`PutHandle`] to await its [`Committed`]. PUTs of one
+/// producer go out in the order they were sent, so their offsets are increasing.
+///
+/// ```no_run
+/// # async fn f(client: weir_client::Client) -> Result<(), weir_client::ClientError> {
+/// let mut producer = client.producer("orders", 64)?;
+/// let mut handles = Vec::new();
+/// for i in 0..10_000 {
+///     handles.push(producer.send(None, format!("message {i}")).await?);
+/// }
+/// let mut offsets = Vec::new();
+/// for handle in handles {
+///     offsets.push(handle.await?.offset);
+/// }
+/// # Ok(()) }
+/// ```
+#[derive(Debug)]
+pub struct Producer {
+    client: Client,
+    topic: String,
+    window: Arc<Semaphore>,
+    window_size: u32,
+}
+
+impl Producer {
+    pub(crate) fn new(client: Client, topic: String, window: usize) -> Self {
+        let window_size = u32::try_from(window.clamp(1, Semaphore::MAX_PERMITS))
+            .unwrap_or(u32::MAX)
+            .max(1);
+        Self {
+            client,
+            topic,
+            window: Arc::new(Semaphore::new(window_size as usize)),
+            window_size,
+        }
+    }
+
+    /// The topic this producer writes to.
+    pub fn topic(&self) -> &str {
+        &self.topic
+    }
+
+    /// The most PUTs this producer keeps in flight.
+    pub fn window(&self) -> usize {
+        self.window_size as usize
+    }
+
+    /// PUTs sent and not answered yet.
+    pub fn in_flight(&self) -> usize {
+        self.window_size as usize - self.window.available_permits()
+    }
+
+    /// Queues one PUT, first waiting (up to the request timeout) while `window` PUTs are
+    /// unanswered. The returned handle may be awaited for the result or dropped; either way
+    /// the PUT stays in the window until the node answers it.
+    ///
+    /// Fails right away for a key or value above the protocol's limits, and with
+    /// [`ClientError::Connect`] if the node cannot be reached.
+    pub async fn send(
+        &mut self,
+        key: Option<&[u8]>,
+        value: impl Into<Vec<u8>>,
+    ) -> Result<PutHandle, ClientError> {
+        let inner = &self.client.inner;
+        let request = inner.put_request(&self.topic, key, value.into())?;
+        let timeout = inner.config.request_timeout;
+        let permit = tokio::time::timeout(timeout, self.window.clone().acquire_owned())
+            .await
+            .map_err(|_| ClientError::Timeout(timeout))?
+            .map_err(|_| ClientError::ConnectionLost("producer closed".into()))?;
+        let pending = inner.start(request, Some(permit)).await?;
+        Ok(PutHandle { pending })
+    }
+
+    /// Waits until every PUT sent through this producer has been answered (committed or
+    /// failed; the handles tell which). [`ClientError::Timeout`] if that takes longer than the
+    /// request timeout.
+    pub async fn flush(&mut self) -> Result<(), ClientError> {
+        let timeout = self.client.inner.config.request_timeout;
+        let all = tokio::time::timeout(timeout, self.window.acquire_many(self.window_size))
+            .await
+            .map_err(|_| ClientError::Timeout(timeout))?
+            .map_err(|_| ClientError::ConnectionLost("producer closed".into()))?;
+        drop(all);
+        Ok(())
+    }
+}
+
+/// The outcome of one PUT sent by a [`Producer`]: `.await` it (or call [`PutHandle::wait`]) for
+/// the [`Committed`] offset and timestamp. Waiting is bounded by the request timeout, counted
+/// from the send.
+#[derive(Debug)]
+#[must_use = "a PutHandle tells whether the PUT committed; await it or drop it explicitly"]
+pub struct PutHandle {
+    pending: PendingReply,
+}
+
+impl PutHandle {
+    /// Waits for the node's answer.
+    pub async fn wait(self) -> Result<Committed, ClientError> {
+        committed(self.pending.wait().await?)
+    }
+}
+
+impl IntoFuture for PutHandle {
+    type Output = Result<Committed, ClientError>;
+    type IntoFuture = Pin<Box<dyn Future<Output = Self::Output> + Send>>;
+
+    fn into_future(self) -> Self::IntoFuture {
+        Box::pin(self.wait())
+    }
+}

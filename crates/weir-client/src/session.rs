@@ -1,0 +1,461 @@
+//! One QUIC connection to a node and its request stream: a writer task that coalesces queued
+//! frames into one write, a reader task that routes replies (which may come back out of order)
+//! to the waiting callers by request id.
+
+use crate::ClientError;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+use tokio::sync::{OwnedSemaphorePermit, mpsc, oneshot};
+use tokio::time::Instant;
+use weir_proto::limits::FRAME_BYTES_MAX;
+use weir_proto::{
+    ClientFrame, FrameDecoder, PROTOCOL_VERSION, Reply, Request, RequestId, Seq, ServerFrame,
+    encode_frame,
+};
+
+/// Frames queued for the writer beyond this make callers wait.
+const WRITE_QUEUE: usize = 1024;
+/// The writer stops adding queued frames to one write at this many bytes.
+const COALESCE_BYTES: usize = 1024 * 1024;
+/// Largest chunk taken from the receive stream at once.
+const READ_CHUNK: usize = 256 * 1024;
+
+type ReplyResult = Result<Reply, ClientError>;
+
+/// What a caller waiting for a reply holds on to; the permits are released when the reply is
+/// routed (or the request fails), whether or not the caller is still waiting.
+struct Waiter {
+    tx: oneshot::Sender<ReplyResult>,
+    _permits: Vec<OwnedSemaphorePermit>,
+}
+
+#[derive(Default)]
+struct WaitersState {
+    /// Set once the request stream failed; no request is accepted after that.
+    failed: Option<ClientError>,
+    waiters: HashMap<RequestId, Waiter>,
+}
+
+/// The waiters of one request stream, shared by the callers and the reader and writer tasks.
+#[derive(Default)]
+struct Waiters {
+    state: Mutex<WaitersState>,
+}
+
+impl Waiters {
+    fn lock(&self) -> MutexGuard<'_, WaitersState> {
+        // A panic while holding this lock leaves the map consistent (single inserts/removes).
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn register(&self, id: RequestId, waiter: Waiter) -> Result<(), ClientError> {
+        let mut state = self.lock();
+        if let Some(err) = &state.failed {
+            return Err(err.clone());
+        }
+        state.waiters.insert(id, waiter);
+        Ok(())
+    }
+
+    /// Routes a reply; `false` if nobody waits for that id (timed out, or a stray reply).
+    fn complete(&self, id: RequestId, result: ReplyResult) -> bool {
+        let waiter = self.lock().waiters.remove(&id);
+        match waiter {
+            Some(waiter) => {
+                // The caller may have stopped waiting (dropped its handle): fine.
+                let _ = waiter.tx.send(result);
+                true
+            }
+            None => false,
+        }
+    }
+
+    fn cancel(&self, id: RequestId) {
+        self.lock().waiters.remove(&id);
+    }
+
+    /// Fails every outstanding request and refuses new ones.
+    fn fail(&self, err: ClientError) {
+        let drained: Vec<Waiter> = {
+            let mut state = self.lock();
+            if state.failed.is_none() {
+                state.failed = Some(err.clone());
+            }
+            state.waiters.drain().map(|(_, w)| w).collect()
+        };
+        if !drained.is_empty() {
+            tracing::debug!(requests = drained.len(), error = %err, "failing outstanding requests");
+        }
+        for waiter in drained {
+            let _ = waiter.tx.send(Err(err.clone()));
+        }
+    }
+
+    fn is_failed(&self) -> bool {
+        self.lock().failed.is_some()
+    }
+}
+
+struct Outgoing {
+    id: RequestId,
+    request: Request,
+}
+
+/// A connection with its request stream.
+pub(crate) struct Session {
+    pub(crate) conn: quinn::Connection,
+    queue: mpsc::Sender<Outgoing>,
+    waiters: Arc<Waiters>,
+    next_id: AtomicU64,
+}
+
+impl std::fmt::Debug for Session {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Session")
+            .field("remote", &self.conn.remote_address())
+            .field("failed", &self.waiters.is_failed())
+            .finish()
+    }
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        // Nobody uses this connection any more (listeners hold the session while attached).
+        self.conn.close(0u32.into(), b"client done");
+    }
+}
+
+impl Session {
+    /// Opens the request stream on `conn`, starts its tasks and says hello.
+    pub(crate) async fn start(
+        conn: quinn::Connection,
+        seq: Arc<AtomicU64>,
+        client_name: &str,
+        request_timeout: Duration,
+    ) -> Result<Arc<Self>, ClientError> {
+        let (send, recv) = conn
+            .open_bi()
+            .await
+            .map_err(|e| ClientError::ConnectionLost(format!("cannot open a stream: {e}")))?;
+        let waiters = Arc::new(Waiters::default());
+        let (queue, rx) = mpsc::channel(WRITE_QUEUE);
+        tokio::spawn(write_loop(send, rx, waiters.clone(), seq));
+        tokio::spawn(read_loop(recv, waiters.clone()));
+        let session = Arc::new(Self {
+            conn,
+            queue,
+            waiters,
+            next_id: AtomicU64::new(1),
+        });
+        let hello = Request::Hello {
+            protocol_version: PROTOCOL_VERSION,
+            client_name: client_name.to_owned(),
+        };
+        let deadline = Instant::now() + request_timeout;
+        match session
+            .send(hello, Vec::new(), deadline)
+            .await?
+            .wait()
+            .await?
+        {
+            Reply::Hello {
+                protocol_version,
+                server_version,
+            } => {
+                tracing::debug!(
+                    remote = %session.conn.remote_address(),
+                    protocol_version,
+                    %server_version,
+                    "connected"
+                );
+                Ok(session)
+            }
+            Reply::Error(e) => Err(e.into()),
+            other => Err(unexpected("Hello", &other)),
+        }
+    }
+
+    /// False once the connection or the request stream failed: the next call reconnects.
+    pub(crate) fn is_alive(&self) -> bool {
+        !self.waiters.is_failed() && self.conn.close_reason().is_none()
+    }
+
+    /// Queues `request`; the returned handle waits for its reply until `deadline`. `permits`
+    /// are released when the reply arrives or the request fails.
+    pub(crate) async fn send(
+        self: &Arc<Self>,
+        request: Request,
+        permits: Vec<OwnedSemaphorePermit>,
+        deadline: Instant,
+    ) -> Result<PendingReply, ClientError> {
+        let id = RequestId(self.next_id.fetch_add(1, Ordering::Relaxed));
+        let (tx, rx) = oneshot::channel();
+        self.waiters.register(
+            id,
+            Waiter {
+                tx,
+                _permits: permits,
+            },
+        )?;
+        let timeout = deadline.saturating_duration_since(Instant::now());
+        match tokio::time::timeout_at(deadline, self.queue.send(Outgoing { id, request })).await {
+            Ok(Ok(())) => Ok(PendingReply {
+                id,
+                rx,
+                session: self.clone(),
+                deadline,
+                timeout,
+            }),
+            Ok(Err(_)) => {
+                self.waiters.cancel(id);
+                Err(ClientError::ConnectionLost(
+                    "the request stream stopped".into(),
+                ))
+            }
+            Err(_) => {
+                self.waiters.cancel(id);
+                Err(ClientError::Timeout(timeout))
+            }
+        }
+    }
+}
+
+/// A request on its way; [`PendingReply::wait`] returns its reply.
+pub(crate) struct PendingReply {
+    id: RequestId,
+    rx: oneshot::Receiver<ReplyResult>,
+    /// Keeps the connection open while someone may still wait for this reply.
+    session: Arc<Session>,
+    deadline: Instant,
+    timeout: Duration,
+}
+
+impl std::fmt::Debug for PendingReply {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PendingReply")
+            .field("id", &self.id)
+            .finish()
+    }
+}
+
+impl PendingReply {
+    pub(crate) async fn wait(mut self) -> Result<Reply, ClientError> {
+        match tokio::time::timeout_at(self.deadline, &mut self.rx).await {
+            Ok(Ok(result)) => result,
+            Ok(Err(_)) => Err(ClientError::ConnectionLost(
+                "the request was dropped with its connection".into(),
+            )),
+            Err(_) => {
+                self.session.waiters.cancel(self.id);
+                Err(ClientError::Timeout(self.timeout))
+            }
+        }
+    }
+}
+
+/// Drains the queue: every frame that is queued when the writer wakes up goes into one buffer
+/// and one `write_all` (up to [`COALESCE_BYTES`]). PUTs get their `seq` here, so sequence
+/// numbers follow the order on the wire.
+async fn write_loop(
+    mut send: quinn::SendStream,
+    mut rx: mpsc::Receiver<Outgoing>,
+    waiters: Arc<Waiters>,
+    seq: Arc<AtomicU64>,
+) {
+    let mut buf = Vec::new();
+    let mut frames = 0usize;
+    while let Some(first) = rx.recv().await {
+        buf.clear();
+        let mut next = Some(first);
+        while let Some(Outgoing { id, mut request }) = next.take() {
+            if let Request::Put(put) = &mut request {
+                put.seq = Seq(seq.fetch_add(1, Ordering::Relaxed));
+            }
+            if let Err(e) = encode_frame(&ClientFrame { id, request }, &mut buf) {
+                waiters.complete(id, Err(ClientError::Protocol(format!("cannot send: {e}"))));
+            } else {
+                frames += 1;
+            }
+            if buf.len() < COALESCE_BYTES {
+                next = rx.try_recv().ok();
+            }
+        }
+        if buf.is_empty() {
+            continue;
+        }
+        if let Err(e) = send.write_all(&buf).await {
+            waiters.fail(ClientError::ConnectionLost(format!("sending: {e}")));
+            return;
+        }
+        if buf.capacity() > 4 * COALESCE_BYTES {
+            buf = Vec::new();
+        }
+    }
+    tracing::trace!(frames, "request stream writer done");
+    let _ = send.finish();
+}
+
+async fn read_loop(mut recv: quinn::RecvStream, waiters: Arc<Waiters>) {
+    let mut decoder = FrameDecoder::new(FRAME_BYTES_MAX);
+    let err = loop {
+        match recv.read_chunk(READ_CHUNK, true).await {
+            Ok(Some(chunk)) => {
+                decoder.extend(&chunk.bytes);
+                if let Err(e) = route_frames(&mut decoder, &waiters) {
+                    let _ = recv.stop(0u32.into());
+                    break e;
+                }
+            }
+            Ok(None) => {
+                break ClientError::ConnectionLost("the node closed the request stream".into());
+            }
+            Err(e) => break ClientError::ConnectionLost(e.to_string()),
+        }
+    };
+    tracing::debug!(error = %err, "request stream ended");
+    waiters.fail(err);
+}
+
+fn route_frames(decoder: &mut FrameDecoder, waiters: &Waiters) -> Result<(), ClientError> {
+    let bad = |e: weir_proto::FrameError| ClientError::Protocol(format!("from the node: {e}"));
+    decoder.check_header().map_err(bad)?;
+    while let Some(frame) = decoder.next::<ServerFrame>().map_err(bad)? {
+        if !waiters.complete(frame.id, Ok(frame.reply)) {
+            tracing::debug!(id = %frame.id, "reply for a request nobody waits for (timed out?)");
+        }
+    }
+    decoder.check_header().map_err(bad)
+}
+
+/// The variant name of a reply, for "expected X, got Y" messages.
+pub(crate) fn reply_kind(reply: &Reply) -> &'static str {
+    match reply {
+        Reply::Hello { .. } => "Hello",
+        Reply::TopicCreated => "TopicCreated",
+        Reply::TopicDeleted => "TopicDeleted",
+        Reply::Topics(_) => "Topics",
+        Reply::Committed(_) => "Committed",
+        Reply::Events(_) => "Events",
+        Reply::Status(_) => "Status",
+        Reply::Error(_) => "Error",
+    }
+}
+
+/// The error for a reply of the wrong kind (an `Error` reply becomes its typed error).
+pub(crate) fn unexpected(expected: &str, reply: &Reply) -> ClientError {
+    match reply {
+        Reply::Error(e) => e.clone().into(),
+        other => ClientError::Protocol(format!(
+            "expected a {expected} reply, got {}",
+            reply_kind(other)
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use weir_proto::{Committed, ErrorCode, ErrorReply, Offset, TimestampMs};
+
+    fn waiter() -> (Waiter, oneshot::Receiver<ReplyResult>) {
+        let (tx, rx) = oneshot::channel();
+        (
+            Waiter {
+                tx,
+                _permits: Vec::new(),
+            },
+            rx,
+        )
+    }
+
+    fn committed(offset: u64) -> Reply {
+        Reply::Committed(Committed {
+            offset: Offset(offset),
+            timestamp_ms: TimestampMs(1),
+        })
+    }
+
+    #[test]
+    fn out_of_order_replies_reach_the_request_with_their_id() {
+        let waiters = Waiters::default();
+        let (w1, mut rx1) = waiter();
+        let (w2, mut rx2) = waiter();
+        waiters.register(RequestId(1), w1).unwrap();
+        waiters.register(RequestId(2), w2).unwrap();
+
+        let mut bytes = Vec::new();
+        for (id, off) in [(2, 20), (1, 10)] {
+            encode_frame(
+                &ServerFrame {
+                    id: RequestId(id),
+                    reply: committed(off),
+                },
+                &mut bytes,
+            )
+            .unwrap();
+        }
+        // Fed in two uneven pieces, as a stream may deliver them.
+        let mut decoder = FrameDecoder::new(FRAME_BYTES_MAX);
+        let (a, b) = bytes.split_at(7);
+        decoder.extend(a);
+        route_frames(&mut decoder, &waiters).unwrap();
+        decoder.extend(b);
+        route_frames(&mut decoder, &waiters).unwrap();
+
+        assert_eq!(rx1.try_recv().unwrap().unwrap(), committed(10));
+        assert_eq!(rx2.try_recv().unwrap().unwrap(), committed(20));
+    }
+
+    #[test]
+    fn a_failed_stream_fails_outstanding_and_later_requests() {
+        let waiters = Waiters::default();
+        let (w1, mut rx1) = waiter();
+        waiters.register(RequestId(1), w1).unwrap();
+        waiters.fail(ClientError::ConnectionLost("gone".into()));
+        assert_eq!(
+            rx1.try_recv().unwrap(),
+            Err(ClientError::ConnectionLost("gone".into()))
+        );
+        let (w2, _rx2) = waiter();
+        assert_eq!(
+            waiters.register(RequestId(2), w2),
+            Err(ClientError::ConnectionLost("gone".into()))
+        );
+        assert!(waiters.is_failed());
+    }
+
+    #[test]
+    fn a_reply_for_an_unknown_id_is_ignored() {
+        let waiters = Waiters::default();
+        assert!(!waiters.complete(RequestId(9), Ok(committed(0))));
+    }
+
+    #[test]
+    fn an_oversized_frame_header_from_the_node_is_a_protocol_error() {
+        let waiters = Waiters::default();
+        let mut decoder = FrameDecoder::new(FRAME_BYTES_MAX);
+        decoder.extend(&u32::MAX.to_be_bytes());
+        assert!(matches!(
+            route_frames(&mut decoder, &waiters),
+            Err(ClientError::Protocol(_))
+        ));
+    }
+
+    #[test]
+    fn an_error_reply_of_the_wrong_kind_becomes_its_typed_error() {
+        let err = unexpected(
+            "Committed",
+            &Reply::Error(ErrorReply::new(ErrorCode::TooLarge, "value of 2 MiB")),
+        );
+        assert_eq!(err, ClientError::TooLarge("value of 2 MiB".into()));
+        let err = unexpected("Committed", &Reply::TopicCreated);
+        assert_eq!(
+            err,
+            ClientError::Protocol("expected a Committed reply, got TopicCreated".into())
+        );
+    }
+}

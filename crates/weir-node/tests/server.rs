@@ -1,0 +1,480 @@
+//! The node over raw QUIC streams: hostile frames, limits, pipelining and group commit.
+//! (The client library's own tests live in weir-client; these talk bytes.)
+
+use anyhow::{Context, Result, bail};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use weir_node::{Node, NodeConfig, RunningNode};
+use weir_proto::limits::FRAME_BYTES_MAX;
+use weir_proto::*;
+
+/// Bound on every wait in these tests: generous, since CI machines are shared.
+const WAIT: Duration = Duration::from_secs(30);
+
+async fn start_node(dir: &std::path::Path) -> Result<RunningNode> {
+    let mut config = NodeConfig::new(dir);
+    config.listen = "127.0.0.1:0".parse()?;
+    Ok(Node::start(config).await?)
+}
+
+async fn connect(node: &RunningNode) -> Result<quinn::Connection> {
+    connect_to(node.local_addr(), &node.certs().ca_cert).await
+}
+
+async fn connect_to(addr: SocketAddr, ca: &std::path::Path) -> Result<quinn::Connection> {
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in weir_node::certs::load_certs(ca)? {
+        roots.add(cert)?;
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut tls = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    tls.alpn_protocols = vec![ALPN.to_vec()];
+    let quic = quinn::crypto::rustls::QuicClientConfig::try_from(tls)?;
+    let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse()?)?;
+    endpoint.set_default_client_config(quinn::ClientConfig::new(Arc::new(quic)));
+    Ok(endpoint.connect(addr, "localhost")?.await?)
+}
+
+/// One request stream with a decoder for its replies.
+struct Stream {
+    send: quinn::SendStream,
+    recv: quinn::RecvStream,
+    decoder: FrameDecoder,
+}
+
+impl Stream {
+    async fn open(conn: &quinn::Connection) -> Result<Self> {
+        let (send, recv) = conn.open_bi().await?;
+        Ok(Self {
+            send,
+            recv,
+            decoder: FrameDecoder::new(FRAME_BYTES_MAX),
+        })
+    }
+
+    async fn send(&mut self, id: u64, request: Request) -> Result<()> {
+        let mut buf = Vec::new();
+        encode_frame(
+            &ClientFrame {
+                id: RequestId(id),
+                request,
+            },
+            &mut buf,
+        )?;
+        self.send.write_all(&buf).await?;
+        Ok(())
+    }
+
+    /// The next reply, or None at the end of the stream.
+    async fn next(&mut self) -> Result<Option<ServerFrame>> {
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            if let Some(f) = self.decoder.next::<ServerFrame>()? {
+                return Ok(Some(f));
+            }
+            match tokio::time::timeout(WAIT, self.recv.read(&mut buf))
+                .await
+                .context("no reply in time")??
+            {
+                Some(n) => self.decoder.extend(&buf[..n]),
+                None => return Ok(None),
+            }
+        }
+    }
+
+    async fn call(&mut self, id: u64, request: Request) -> Result<Reply> {
+        self.send(id, request).await?;
+        let f = self.next().await?.context("stream ended")?;
+        assert_eq!(f.id, RequestId(id));
+        Ok(f.reply)
+    }
+}
+
+fn put(topic: &str, value: &[u8]) -> Request {
+    Request::Put(Put {
+        topic: topic.into(),
+        key: None,
+        value: value.to_vec(),
+        producer_id: ProducerId(1),
+        seq: Seq(0),
+    })
+}
+
+fn error_code(reply: &Reply) -> Option<ErrorCode> {
+    match reply {
+        Reply::Error(e) => Some(e.code),
+        _ => None,
+    }
+}
+
+async fn create_topic(conn: &quinn::Connection, name: &str) -> Result<()> {
+    let mut s = Stream::open(conn).await?;
+    let r = s
+        .call(
+            1,
+            Request::CreateTopic {
+                name: name.into(),
+                config: TopicConfig::default(),
+            },
+        )
+        .await?;
+    if r != Reply::TopicCreated {
+        bail!("create failed: {r:?}");
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn frame_claiming_4_gib_gets_an_error_and_only_its_stream_closes() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let node = start_node(dir.path()).await?;
+    let conn = connect(&node).await?;
+    create_topic(&conn, "t").await?;
+
+    let mut bad = Stream::open(&conn).await?;
+    bad.send.write_all(&u32::MAX.to_be_bytes()).await?;
+    let reply = bad.next().await?.context("expected an error reply")?;
+    assert_eq!(reply.id, RequestId(0));
+    assert_eq!(error_code(&reply.reply), Some(ErrorCode::TooLarge));
+    assert!(bad.next().await?.is_none(), "the bad stream must be closed");
+
+    // The same connection and a new one both keep working.
+    let mut good = Stream::open(&conn).await?;
+    assert!(matches!(
+        good.call(1, put("t", b"x")).await?,
+        Reply::Committed(_)
+    ));
+    let other = connect(&node).await?;
+    let mut s = Stream::open(&other).await?;
+    assert!(matches!(
+        s.call(1, put("t", b"y")).await?,
+        Reply::Committed(_)
+    ));
+    node.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn garbage_and_truncated_frames_are_bad_requests_and_the_node_keeps_serving() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let node = start_node(dir.path()).await?;
+    let conn = connect(&node).await?;
+    create_topic(&conn, "t").await?;
+
+    // Garbage body with a plausible length.
+    let mut s = Stream::open(&conn).await?;
+    let mut frame = 8u32.to_be_bytes().to_vec();
+    frame.extend_from_slice(&[1, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff]);
+    s.send.write_all(&frame).await?;
+    let reply = s.next().await?.context("expected an error")?;
+    assert_eq!(error_code(&reply.reply), Some(ErrorCode::BadRequest));
+
+    // A frame cut short by the end of the stream.
+    let mut s = Stream::open(&conn).await?;
+    s.send.write_all(&100u32.to_be_bytes()).await?;
+    s.send.write_all(&[1, 2, 3]).await?;
+    s.send.finish()?;
+    let reply = s.next().await?.context("expected an error")?;
+    assert_eq!(error_code(&reply.reply), Some(ErrorCode::BadRequest));
+
+    // An unknown version byte.
+    let mut s = Stream::open(&conn).await?;
+    s.send.write_all(&[0, 0, 0, 2, 9, 0]).await?;
+    let reply = s.next().await?.context("expected an error")?;
+    assert_eq!(
+        error_code(&reply.reply),
+        Some(ErrorCode::UnsupportedVersion)
+    );
+
+    let mut good = Stream::open(&conn).await?;
+    assert!(matches!(
+        good.call(7, put("t", b"ok")).await?,
+        Reply::Committed(_)
+    ));
+    node.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn limits_unknown_topics_and_misplaced_listen_get_typed_errors() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let node = start_node(dir.path()).await?;
+    let conn = connect(&node).await?;
+    create_topic(&conn, "t").await?;
+    let mut s = Stream::open(&conn).await?;
+
+    let big = vec![0u8; weir_proto::limits::VALUE_BYTES_DEFAULT + 1];
+    assert_eq!(
+        error_code(&s.call(1, put("t", &big)).await?),
+        Some(ErrorCode::TooLarge)
+    );
+    let mut key_put = put("t", b"v");
+    if let Request::Put(p) = &mut key_put {
+        p.key = Some(vec![0; weir_proto::limits::KEY_BYTES_DEFAULT + 1]);
+    }
+    assert_eq!(
+        error_code(&s.call(2, key_put).await?),
+        Some(ErrorCode::TooLarge)
+    );
+    assert_eq!(
+        error_code(&s.call(3, put("nope", b"v")).await?),
+        Some(ErrorCode::NotFound)
+    );
+    let bad_name = Request::CreateTopic {
+        name: "a/b".into(),
+        config: TopicConfig::default(),
+    };
+    assert_eq!(
+        error_code(&s.call(4, bad_name).await?),
+        Some(ErrorCode::InvalidArgument)
+    );
+    let dup = Request::CreateTopic {
+        name: "t".into(),
+        config: TopicConfig::default(),
+    };
+    assert_eq!(
+        error_code(&s.call(5, dup).await?),
+        Some(ErrorCode::AlreadyExists)
+    );
+    // After all those errors the stream still works: they were requests, not bad frames.
+    assert!(
+        matches!(s.call(6, put("t", b"v")).await?, Reply::Committed(c) if c.offset == Offset(0))
+    );
+
+    let listen = Request::Listen {
+        topic: "t".into(),
+        from: ListenFrom::Start,
+    };
+    assert_eq!(
+        error_code(&s.call(8, listen).await?),
+        Some(ErrorCode::BadRequest)
+    );
+
+    let mut l = Stream::open(&conn).await?;
+    let far = Request::Listen {
+        topic: "t".into(),
+        from: ListenFrom::Offset(Offset(5)),
+    };
+    assert_eq!(
+        error_code(&l.call(9, far).await?),
+        Some(ErrorCode::OffsetOutOfRange)
+    );
+    node.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn pipelined_puts_on_eight_streams_share_fsyncs_and_get_dense_offsets() -> Result<()> {
+    const STREAMS: usize = 8;
+    const PUTS: u64 = 500;
+    let dir = tempfile::tempdir()?;
+    let node = start_node(dir.path()).await?;
+    let conn = connect(&node).await?;
+    create_topic(&conn, "t").await?;
+
+    let mut tasks = Vec::new();
+    for s in 0..STREAMS {
+        let conn = conn.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut stream = Stream::open(&conn).await?;
+            // Send every PUT before reading any reply: pipelining.
+            let mut buf = Vec::new();
+            for i in 1..=PUTS {
+                encode_frame(
+                    &ClientFrame {
+                        id: RequestId(i),
+                        request: put("t", format!("{s}-{i}").as_bytes()),
+                    },
+                    &mut buf,
+                )?;
+            }
+            stream.send.write_all(&buf).await?;
+            stream.send.finish()?;
+            let mut offsets = Vec::new();
+            while let Some(f) = stream.next().await? {
+                match f.reply {
+                    Reply::Committed(c) => offsets.push(c.offset),
+                    other => bail!("unexpected reply {other:?}"),
+                }
+            }
+            anyhow::Ok(offsets)
+        }));
+    }
+    let mut all = Vec::new();
+    for t in tasks {
+        all.extend(t.await??);
+    }
+    all.sort();
+    let expected: Vec<Offset> = (0..STREAMS as u64 * PUTS).map(Offset).collect();
+    assert_eq!(all, expected, "every PUT acknowledged once, offsets dense");
+
+    let mut s = Stream::open(&conn).await?;
+    let Reply::Status(status) = s.call(1, Request::Status).await? else {
+        bail!("no status");
+    };
+    let t = &status.topics[0];
+    assert_eq!(t.appends, STREAMS as u64 * PUTS);
+    assert_eq!(t.committed_offset, Offset(STREAMS as u64 * PUTS));
+    // Group commit: one fsync covers everything that queued up while the previous one ran.
+    assert!(
+        t.fsyncs * 2 < t.appends,
+        "expected group commit: {} fsyncs for {} appends",
+        t.fsyncs,
+        t.appends
+    );
+    node.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn listener_follows_the_tail_and_sees_deletion() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let node = start_node(dir.path()).await?;
+    let conn = connect(&node).await?;
+    create_topic(&conn, "t").await?;
+    let mut s = Stream::open(&conn).await?;
+    assert!(matches!(
+        s.call(1, put("t", b"a")).await?,
+        Reply::Committed(_)
+    ));
+
+    let mut l = Stream::open(&conn).await?;
+    l.send(
+        1,
+        Request::Listen {
+            topic: "t".into(),
+            from: ListenFrom::Start,
+        },
+    )
+    .await?;
+    let mut seen = Vec::new();
+    for i in 2..=3 {
+        while seen.len() < (i - 1) as usize {
+            match l.next().await?.context("listen ended")?.reply {
+                Reply::Events(evs) => seen.extend(evs.into_iter().map(|e| e.value)),
+                other => bail!("unexpected {other:?}"),
+            }
+        }
+        assert!(matches!(
+            s.call(i, put("t", &[b'a' + i as u8 - 1])).await?,
+            Reply::Committed(_)
+        ));
+    }
+    while seen.len() < 3 {
+        match l.next().await?.context("listen ended")?.reply {
+            Reply::Events(evs) => seen.extend(evs.into_iter().map(|e| e.value)),
+            other => bail!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(seen, vec![b"a".to_vec(), b"b".to_vec(), b"c".to_vec()]);
+
+    assert_eq!(
+        s.call(9, Request::DeleteTopic { name: "t".into() }).await?,
+        Reply::TopicDeleted
+    );
+    let end = l.next().await?.context("expected an error")?;
+    assert_eq!(error_code(&end.reply), Some(ErrorCode::NotFound));
+    assert_eq!(
+        s.call(10, Request::ListTopics).await?,
+        Reply::Topics(vec![])
+    );
+    node.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn acknowledged_puts_survive_a_restart_with_their_timestamps() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let node = start_node(dir.path()).await?;
+    let conn = connect(&node).await?;
+    create_topic(&conn, "t").await?;
+    let mut s = Stream::open(&conn).await?;
+    let mut acks = Vec::new();
+    for i in 0..20u64 {
+        match s.call(i + 1, put("t", &i.to_le_bytes())).await? {
+            Reply::Committed(c) => acks.push(c),
+            other => bail!("unexpected {other:?}"),
+        }
+    }
+    drop(s);
+    conn.close(0u32.into(), b"");
+    node.shutdown().await;
+
+    let node = start_node(dir.path()).await?;
+    let conn = connect(&node).await?;
+    let mut l = Stream::open(&conn).await?;
+    l.send(
+        1,
+        Request::Listen {
+            topic: "t".into(),
+            from: ListenFrom::Start,
+        },
+    )
+    .await?;
+    let mut events = Vec::new();
+    while events.len() < acks.len() {
+        match l.next().await?.context("listen ended")?.reply {
+            Reply::Events(evs) => events.extend(evs),
+            other => bail!("unexpected {other:?}"),
+        }
+    }
+    for (i, (e, a)) in events.iter().zip(&acks).enumerate() {
+        assert_eq!(e.offset, a.offset);
+        assert_eq!(e.timestamp_ms, a.timestamp_ms);
+        assert_eq!(e.value, (i as u64).to_le_bytes());
+    }
+    // Timestamps never go backwards, also across the restart.
+    let mut s = Stream::open(&conn).await?;
+    let Reply::Committed(c) = s.call(1, put("t", b"after")).await? else {
+        bail!("put after restart failed");
+    };
+    assert_eq!(c.offset, Offset(20));
+    assert!(c.timestamp_ms >= acks.last().unwrap().timestamp_ms);
+    node.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn interval_fsync_syncs_an_idle_topic_on_its_own() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let mut config = NodeConfig::new(dir.path());
+    config.listen = "127.0.0.1:0".parse()?;
+    // Long enough that the PUT below, made right after the topic is created, is acknowledged
+    // before the interval has elapsed, so its commit does not fsync: only the writer's idle
+    // tick can.
+    config.fsync = weir_node::FsyncPolicy::Interval { interval_ms: 1000 };
+    let node = Node::start(config).await?;
+    let conn = connect(&node).await?;
+    create_topic(&conn, "t").await?;
+    let mut s = Stream::open(&conn).await?;
+    let offsets = |reply: Reply| match reply {
+        Reply::Status(st) => (st.topics[0].committed_offset, st.topics[0].durable_offset),
+        other => panic!("unexpected {other:?}"),
+    };
+    assert!(matches!(
+        s.call(1, put("t", b"a")).await?,
+        Reply::Committed(_)
+    ));
+    // Acknowledged (committed) at once, fsynced by the idle tick within the interval. The tick
+    // is internal, so there is no event to await: poll status, bounded.
+    let mut ticker = tokio::time::interval(Duration::from_millis(20));
+    let deadline = tokio::time::Instant::now() + WAIT;
+    for id in 2.. {
+        ticker.tick().await;
+        let (committed, durable) = offsets(s.call(id, Request::Status).await?);
+        assert_eq!(committed, Offset(1));
+        if durable == committed {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no interval fsync happened"
+        );
+    }
+    node.shutdown().await;
+    Ok(())
+}

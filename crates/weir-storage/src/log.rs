@@ -1,0 +1,557 @@
+//! The writer side of a log: append, group commit, fsync policy, segment roll, retention,
+//! poisoning.
+
+use crate::config::{FsyncPolicy, LogConfig};
+use crate::error::{IoAt, IoResultExt, LogError, OpenError};
+use crate::index::{IndexBuilder, encode_entry};
+use crate::reader::{LogReader, Shared, View};
+use crate::record::{encode_header, record_bytes};
+use crate::recovery::{RecoveryReport, recover};
+use crate::segment::{SealedMeta, Segment, create_segment, sync_dir};
+use std::fs::{self, File, OpenOptions, TryLockError};
+use std::io;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use weir_proto::{Offset, TimestampMs};
+
+/// Appended records are gathered up to this many bytes before a `write`, so a batch of small
+/// appends costs one system call, not one each. Larger records are written directly.
+const WRITE_BUFFER_BYTES: usize = 256 * 1024;
+/// Held with an exclusive `flock` by the open `Log`, so two writers never share a directory.
+const LOCK_FILE_NAME: &str = "writer.lock";
+
+/// Counters of one open log (since it was opened, except `segments` and `bytes`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LogStats {
+    /// Segments currently in the log.
+    pub segments: u64,
+    /// Bytes of all segment `.log` files, including appended records not yet flushed.
+    pub bytes: u64,
+    /// `fsync`-type calls made (data, index at roll, directory).
+    pub fsyncs: u64,
+    pub appends: u64,
+}
+
+/// What one [`Log::apply_retention`] pass deleted.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RetentionReport {
+    pub deleted_segments: u64,
+    pub deleted_bytes: u64,
+    /// Oldest retained offset after the pass.
+    pub start_offset: Offset,
+}
+
+/// One topic's durable log: the single writer. Readers come from [`Log::reader`].
+///
+/// Records appended but not committed are flushed to the file (not synced) when the `Log` is
+/// dropped, so a clean reopen finds every appended record; after a crash only what was synced
+/// is guaranteed (see [`FsyncPolicy`]).
+#[derive(Debug)]
+pub struct Log {
+    dir: PathBuf,
+    config: LogConfig,
+    shared: Arc<Shared>,
+    /// Same list readers see (the writer is the only one that changes it). Oldest first; the last
+    /// one is `active.segment`.
+    segments: Arc<Vec<Arc<Segment>>>,
+    active: Active,
+    sealed_bytes: u64,
+    next_offset: Offset,
+    committed_offset: Offset,
+    /// Records below this are durable.
+    synced_offset: Offset,
+    last_sync: Instant,
+    /// Text of the write or fsync error that stopped this log.
+    poisoned: Option<String>,
+    fault_next_sync: bool,
+    stats: LogStats,
+    recovery: RecoveryReport,
+    /// Holds the directory's lock for as long as the log is open.
+    _lock: File,
+}
+
+/// The segment being appended to, with its write buffers.
+#[derive(Debug)]
+struct Active {
+    segment: Arc<Segment>,
+    log_file: File,
+    index_file: File,
+    /// Bytes of the segment, including those still in `buf`.
+    size_bytes: u64,
+    /// Bytes of the segment already handed to the file (the rest is in `buf`).
+    written_bytes: u64,
+    buf: Vec<u8>,
+    index_buf: Vec<u8>,
+    index_written_bytes: u64,
+    builder: IndexBuilder,
+}
+
+impl Active {
+    fn new(segment: Arc<Segment>, log_file: File, index_file: File, builder: IndexBuilder) -> Self {
+        Self {
+            segment,
+            log_file,
+            index_file,
+            size_bytes: 0,
+            written_bytes: 0,
+            buf: Vec::new(),
+            index_buf: Vec::new(),
+            index_written_bytes: 0,
+            builder,
+        }
+    }
+
+    fn write_record(&mut self, header: &[u8], payload: &[u8]) -> Result<(), IoAt> {
+        let bytes = header.len() + payload.len();
+        if self.buf.len() + bytes > WRITE_BUFFER_BYTES {
+            self.flush()?;
+        }
+        if bytes > WRITE_BUFFER_BYTES {
+            // Copying a large payload into the buffer would only double its cost.
+            let path = &self.segment.log_path;
+            self.log_file
+                .write_all_at(header, self.written_bytes)
+                .at(path)?;
+            self.log_file
+                .write_all_at(payload, self.written_bytes + header.len() as u64)
+                .at(path)?;
+            self.written_bytes += bytes as u64;
+        } else {
+            self.buf.extend_from_slice(header);
+            self.buf.extend_from_slice(payload);
+        }
+        self.size_bytes += bytes as u64;
+        Ok(())
+    }
+
+    /// Hands buffered records and index entries to the OS (no fsync).
+    fn flush(&mut self) -> Result<(), IoAt> {
+        if !self.buf.is_empty() {
+            self.log_file
+                .write_all_at(&self.buf, self.written_bytes)
+                .at(&self.segment.log_path)?;
+            self.written_bytes += self.buf.len() as u64;
+            self.buf.clear();
+        }
+        if !self.index_buf.is_empty() {
+            self.index_file
+                .write_all_at(&self.index_buf, self.index_written_bytes)
+                .at(&self.segment.index_path)?;
+            self.index_written_bytes += self.index_buf.len() as u64;
+            self.index_buf.clear();
+        }
+        debug_assert_eq!(self.written_bytes, self.size_bytes);
+        Ok(())
+    }
+}
+
+impl Log {
+    /// Opens the log in `dir`, creating the directory and an empty log if needed, and runs
+    /// recovery (see [`RecoveryReport`]). Fails with [`OpenError::Corrupt`] rather than drop
+    /// records that are followed by valid ones.
+    pub fn open(dir: &Path, config: LogConfig) -> Result<Log, OpenError> {
+        let _span = tracing::info_span!("log_open", dir = %dir.display()).entered();
+        config.validate()?;
+        let mut fsyncs = 0;
+        if !dir.exists() {
+            fs::create_dir_all(dir).at(dir)?;
+            // The new directory's own name must be durable too.
+            let parent = dir
+                .parent()
+                .filter(|p| !p.as_os_str().is_empty())
+                .unwrap_or(Path::new("."));
+            sync_dir(parent)?;
+            fsyncs += 1;
+        }
+        let lock = lock_dir(dir)?;
+        let recovered = recover(dir, &config)?;
+        fsyncs += recovered.fsyncs;
+
+        let mut segments: Vec<Arc<Segment>> = recovered.sealed.into_iter().map(Arc::new).collect();
+        let active_segment = Arc::new(recovered.active.segment);
+        segments.push(Arc::clone(&active_segment));
+        let segments = Arc::new(segments);
+        let next_offset = recovered.next_offset;
+        // Everything recovery kept is on disk and synced: readers may see all of it.
+        let view = View {
+            segments: Arc::clone(&segments),
+            committed_offset: next_offset,
+        };
+        let shared = Arc::new(Shared::new(view, config.record_bytes_max));
+        let active = Active {
+            segment: active_segment,
+            log_file: recovered.active.log_file,
+            index_file: recovered.active.index_file,
+            size_bytes: recovered.active.size_bytes,
+            written_bytes: recovered.active.size_bytes,
+            buf: Vec::new(),
+            index_buf: Vec::new(),
+            index_written_bytes: recovered.active.index_bytes,
+            builder: recovered.active.builder,
+        };
+        let report = recovered.report;
+        tracing::info!(
+            segments = report.segments,
+            start_offset = report.start_offset.get(),
+            next_offset = next_offset.get(),
+            truncated = report.truncation.is_some(),
+            indexes_rebuilt = report.indexes_rebuilt.len(),
+            "log opened"
+        );
+        Ok(Log {
+            dir: dir.to_owned(),
+            shared,
+            segments,
+            active,
+            sealed_bytes: recovered.sealed_bytes,
+            next_offset,
+            committed_offset: next_offset,
+            // Recovery synced the active segment; sealed ones were synced when they were rolled.
+            synced_offset: next_offset,
+            last_sync: Instant::now(),
+            poisoned: None,
+            fault_next_sync: false,
+            stats: LogStats {
+                fsyncs,
+                ..LogStats::default()
+            },
+            recovery: report,
+            config,
+            _lock: lock,
+        })
+    }
+
+    /// What recovery found and did when this log was opened.
+    pub fn recovery(&self) -> &RecoveryReport {
+        &self.recovery
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    pub fn config(&self) -> &LogConfig {
+        &self.config
+    }
+
+    /// Writes a record (possibly only into a buffer) and returns its offset. It is neither
+    /// durable nor visible to readers until [`Log::commit`].
+    pub fn append(
+        &mut self,
+        timestamp_ms: TimestampMs,
+        payload: &[u8],
+    ) -> Result<Offset, LogError> {
+        self.check_poisoned()?;
+        if payload.len() > self.config.record_bytes_max {
+            return Err(LogError::TooLarge {
+                bytes: payload.len(),
+                max: self.config.record_bytes_max,
+            });
+        }
+        let result = self.append_inner(timestamp_ms, payload);
+        result.map_err(|e| self.poison(e))
+    }
+
+    fn append_inner(&mut self, timestamp_ms: TimestampMs, payload: &[u8]) -> Result<Offset, IoAt> {
+        let bytes = record_bytes(payload.len());
+        let relative = self.next_offset.get() - self.active.segment.base_offset.get();
+        // A segment always takes its first record; u32::MAX keeps relative offsets in the index
+        // representable (unreachable in practice: SEGMENT_BYTES_MAX holds fewer records).
+        let full = self.active.size_bytes + bytes > self.config.segment_bytes_max
+            || relative >= u64::from(u32::MAX);
+        if self.active.size_bytes > 0 && full {
+            self.roll()?;
+        }
+        let offset = self.next_offset;
+        let position = self.active.size_bytes;
+        let relative = offset.get() - self.active.segment.base_offset.get();
+        // Rolling above keeps both below 2^32 (positions stay below SEGMENT_BYTES_MAX).
+        let (Ok(position32), Ok(relative32)) = (u32::try_from(position), u32::try_from(relative))
+        else {
+            unreachable!("segment {position} bytes / {relative} records despite rolling");
+        };
+        let header = encode_header(offset, timestamp_ms, payload);
+        self.active.write_record(&header, payload)?;
+        if let Some((entry, max_ts)) =
+            self.active
+                .builder
+                .on_record(relative32, position32, bytes, timestamp_ms.get())
+        {
+            self.active.segment.push_index_entry(entry);
+            self.active
+                .index_buf
+                .extend_from_slice(&encode_entry(entry, max_ts));
+        }
+        self.next_offset = offset.next();
+        self.stats.appends += 1;
+        Ok(offset)
+    }
+
+    /// Makes every record appended so far visible to readers, and durable as the fsync policy
+    /// says; returns the new committed offset. At most one data fsync per call, however many
+    /// records were appended since the last one (group commit), and none when nothing is new.
+    pub fn commit(&mut self) -> Result<Offset, LogError> {
+        self.check_poisoned()?;
+        let result = self.commit_inner();
+        result.map_err(|e| self.poison(e))
+    }
+
+    fn commit_inner(&mut self) -> Result<Offset, IoAt> {
+        self.active.flush()?;
+        let due = match self.config.fsync {
+            FsyncPolicy::Always => true,
+            FsyncPolicy::Interval { interval_ms } => {
+                self.last_sync.elapsed() >= Duration::from_millis(interval_ms)
+            }
+            FsyncPolicy::Never => false,
+        };
+        if due && self.synced_offset < self.next_offset {
+            self.sync_active()?;
+        }
+        if self.committed_offset != self.next_offset {
+            self.committed_offset = self.next_offset;
+            self.publish();
+        }
+        Ok(self.committed_offset)
+    }
+
+    /// Flushes and fsyncs everything appended, whatever the policy. Does not make records
+    /// visible to readers (that is [`Log::commit`]).
+    pub fn sync(&mut self) -> Result<(), LogError> {
+        self.check_poisoned()?;
+        let result = self.active.flush().and_then(|()| self.sync_active());
+        result.map_err(|e| self.poison(e))
+    }
+
+    /// `sync_data` of the active segment, after a flush.
+    fn sync_active(&mut self) -> Result<(), IoAt> {
+        debug_assert!(self.active.buf.is_empty());
+        self.stats.fsyncs += 1;
+        let result = if std::mem::take(&mut self.fault_next_sync) {
+            Err(io::Error::other("injected fault: sync_data failed"))
+        } else {
+            self.active.log_file.sync_data()
+        };
+        result.at(&self.active.segment.log_path)?;
+        self.synced_offset = self.next_offset;
+        self.last_sync = Instant::now();
+        Ok(())
+    }
+
+    /// Seals the active segment (synced, with its index) and starts a new one at `next_offset`.
+    fn roll(&mut self) -> Result<(), IoAt> {
+        self.active.flush()?;
+        self.sync_active()?;
+        // A sealed index is trusted at open after a cheap check; syncing it once here (one fsync
+        // per segment) keeps a crash from leaving a stale one behind.
+        self.stats.fsyncs += 1;
+        self.active
+            .index_file
+            .sync_data()
+            .at(&self.active.segment.index_path)?;
+        let (segment, log_file, index_file) = create_segment(&self.dir, self.next_offset)?;
+        self.stats.fsyncs += 1;
+        let meta = SealedMeta {
+            size_bytes: self.active.size_bytes,
+            max_timestamp_ms: TimestampMs(self.active.builder.max_timestamp_ms),
+        };
+        self.active.segment.seal(meta);
+        self.sealed_bytes += meta.size_bytes;
+        let segment = Arc::new(segment);
+        let builder = IndexBuilder::new(self.config.index_interval_bytes);
+        self.active = Active::new(Arc::clone(&segment), log_file, index_file, builder);
+        let mut segments = Vec::clone(&self.segments);
+        segments.push(segment);
+        self.segments = Arc::new(segments);
+        self.publish();
+        tracing::debug!(
+            base_offset = self.next_offset.get(),
+            sealed_bytes = meta.size_bytes,
+            "rolled to a new segment"
+        );
+        Ok(())
+    }
+
+    /// Offset the next append gets.
+    pub fn next_offset(&self) -> Offset {
+        self.next_offset
+    }
+
+    /// Exclusive upper bound of the records readers see.
+    /// Exclusive upper bound of the records known to be fsynced. Equal to the committed offset
+    /// under `always`; may lag it under `interval:<ms>` and `never`.
+    pub fn synced_offset(&self) -> Offset {
+        self.synced_offset
+    }
+
+    pub fn committed_offset(&self) -> Offset {
+        self.committed_offset
+    }
+
+    /// Oldest retained offset.
+    pub fn start_offset(&self) -> Offset {
+        self.segments
+            .first()
+            .map_or(self.committed_offset, |s| s.base_offset)
+    }
+
+    pub fn reader(&self) -> LogReader {
+        LogReader::new(Arc::clone(&self.shared))
+    }
+
+    /// Deletes the oldest whole segments while the log is larger than `retention_bytes` or
+    /// their newest record is older than `now_ms - retention_ms`. Never deletes the active
+    /// segment, nor a segment holding records not yet committed. A failure to delete a file is
+    /// returned but does not poison the log (the file is simply found again at the next open).
+    pub fn apply_retention(&mut self, now_ms: TimestampMs) -> Result<RetentionReport, LogError> {
+        self.check_poisoned()?;
+        let cutoff_ms = self
+            .config
+            .retention_ms
+            .map(|age_ms| now_ms.get().saturating_sub(age_ms));
+        let mut total_bytes = self.sealed_bytes + self.active.size_bytes;
+        let mut count = 0;
+        for (segment, successor) in self.segments.iter().zip(self.segments.iter().skip(1)) {
+            // Only sealed segments have a successor; only they carry metadata.
+            let Some(meta) = segment.sealed() else { break };
+            if successor.base_offset > self.committed_offset {
+                break;
+            }
+            let over_size = self
+                .config
+                .retention_bytes
+                .is_some_and(|max| total_bytes > max);
+            let expired = cutoff_ms.is_some_and(|cutoff| meta.max_timestamp_ms.get() < cutoff);
+            if !(over_size || expired) {
+                break;
+            }
+            total_bytes -= meta.size_bytes;
+            count += 1;
+        }
+        let mut report = RetentionReport {
+            start_offset: self.start_offset(),
+            ..RetentionReport::default()
+        };
+        if count == 0 {
+            return Ok(report);
+        }
+        let deleted: Vec<Arc<Segment>> = self.segments[..count].to_vec();
+        self.segments = Arc::new(self.segments[count..].to_vec());
+        let deleted_bytes: u64 = deleted
+            .iter()
+            .filter_map(|s| s.sealed())
+            .map(|m| m.size_bytes)
+            .sum();
+        self.sealed_bytes -= deleted_bytes;
+        // Readers stop seeing the segments before their files go, so a reader either finds a
+        // file or knows (from the new view) that it was retained away.
+        self.publish();
+        report.deleted_segments = count as u64;
+        report.deleted_bytes = deleted_bytes;
+        report.start_offset = self.start_offset();
+        tracing::info!(
+            deleted_segments = report.deleted_segments,
+            deleted_bytes = report.deleted_bytes,
+            start_offset = report.start_offset.get(),
+            "retention deleted segments"
+        );
+        let mut first_error = None;
+        for segment in &deleted {
+            // The log first: an index without its log is an orphan that open removes, while a
+            // log without its index would merely have its index rebuilt and come back.
+            for path in [&segment.log_path, &segment.index_path] {
+                match fs::remove_file(path) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                    Err(e) => {
+                        tracing::warn!(file = %path.display(), error = %e, "cannot delete segment file");
+                        first_error.get_or_insert(LogError::Io {
+                            path: path.clone(),
+                            source: e,
+                        });
+                    }
+                }
+            }
+        }
+        match first_error {
+            Some(e) => Err(e),
+            None => Ok(report),
+        }
+    }
+
+    pub fn stats(&self) -> LogStats {
+        LogStats {
+            segments: self.segments.len() as u64,
+            bytes: self.sealed_bytes + self.active.size_bytes,
+            ..self.stats
+        }
+    }
+
+    /// Test hook: the next data fsync (commit, sync or roll) fails as if the disk had.
+    #[doc(hidden)]
+    pub fn inject_fault_next_sync(&mut self) {
+        self.fault_next_sync = true;
+    }
+
+    #[cfg(test)]
+    pub(crate) fn segments(&self) -> &[Arc<Segment>] {
+        &self.segments
+    }
+
+    fn publish(&self) {
+        debug_assert!(self.committed_offset <= self.next_offset);
+        debug_assert!(self.start_offset() <= self.committed_offset);
+        self.shared.publish(View {
+            segments: Arc::clone(&self.segments),
+            committed_offset: self.committed_offset,
+        });
+    }
+
+    fn check_poisoned(&self) -> Result<(), LogError> {
+        match &self.poisoned {
+            Some(text) => Err(LogError::Poisoned(text.clone())),
+            None => Ok(()),
+        }
+    }
+
+    /// After a failed write or fsync the file's state (and, for fsync, the page cache's) is
+    /// unknown: refuse everything from now on rather than build on it.
+    fn poison(&mut self, e: IoAt) -> LogError {
+        let error = LogError::from(e);
+        let text = error.to_string();
+        tracing::error!(dir = %self.dir.display(), error = %text, "log poisoned");
+        self.poisoned = Some(text);
+        error
+    }
+}
+
+impl Drop for Log {
+    fn drop(&mut self) {
+        // A poisoned log's buffers may describe a state the file never reached: leave them.
+        if self.poisoned.is_none()
+            && let Err(e) = self.active.flush()
+        {
+            tracing::warn!(error = %e.source, file = %e.path.display(), "flush at close failed");
+        }
+    }
+}
+
+fn lock_dir(dir: &Path) -> Result<File, OpenError> {
+    let path = dir.join(LOCK_FILE_NAME);
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
+        .at(&path)?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(TryLockError::WouldBlock) => Err(OpenError::Locked {
+            dir: dir.to_owned(),
+        }),
+        Err(TryLockError::Error(e)) => Err(Err(e).at(&path)?),
+    }
+}

@@ -1,0 +1,413 @@
+//! What [`crate::Log::open`] does to a directory before the log accepts appends: find the
+//! segments, check sealed ones cheaply (their index and last records), scan the active one in
+//! full, truncate a torn tail, refuse corruption.
+//!
+//! Every check runs before anything on disk is changed, so a refused log is left as it was.
+
+use crate::config::LogConfig;
+use crate::error::{IoResultExt, OpenError};
+use crate::index::{INDEX_ENTRY_BYTES, IndexBuilder, IndexEntry, parse_index};
+use crate::record::{PositionedReader, RECORD_HEADER_BYTES};
+use crate::segment::{
+    INDEX_SUFFIX, LOG_SUFFIX, Scan, SealedMeta, Segment, create_segment, find_record_after,
+    parse_file_name, scan_records,
+};
+use std::collections::BTreeSet;
+use std::fs::{self, File, OpenOptions};
+use std::io;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use weir_proto::{Offset, TimestampMs};
+
+/// What recovery found and did when the log was opened.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RecoveryReport {
+    /// The directory held no segment: a new, empty log was created.
+    pub created: bool,
+    /// Segments after recovery.
+    pub segments: u64,
+    pub start_offset: Offset,
+    pub next_offset: Offset,
+    /// The torn tail cut from the active segment, if there was one.
+    pub truncation: Option<Truncation>,
+    /// Index files rewritten because they were missing or inconsistent (the active segment's
+    /// index is always rewritten and not listed).
+    pub indexes_rebuilt: Vec<PathBuf>,
+    /// `.idx` files without a `.log` (left by an interrupted retention pass), deleted.
+    pub orphans_removed: Vec<PathBuf>,
+}
+
+/// A torn tail removed from the active segment.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Truncation {
+    pub file: PathBuf,
+    /// Byte position the file was cut at: the start of the first bad record.
+    pub position: u64,
+    pub truncated_bytes: u64,
+    /// Offset the first dropped record would have had; the next append gets it.
+    pub offset: Offset,
+    /// What was wrong with the first dropped record.
+    pub reason: String,
+}
+
+/// The active segment, ready for appends.
+#[derive(Debug)]
+pub(crate) struct RecoveredActive {
+    pub segment: Segment,
+    pub log_file: File,
+    pub index_file: File,
+    pub size_bytes: u64,
+    pub index_bytes: u64,
+    pub builder: IndexBuilder,
+}
+
+#[derive(Debug)]
+pub(crate) struct Recovered {
+    /// Sealed segments, oldest first, each with its metadata set.
+    pub sealed: Vec<Segment>,
+    pub sealed_bytes: u64,
+    pub active: RecoveredActive,
+    pub next_offset: Offset,
+    pub report: RecoveryReport,
+    pub fsyncs: u64,
+}
+
+pub(crate) fn recover(dir: &Path, config: &LogConfig) -> Result<Recovered, OpenError> {
+    let listing = list_segments(dir)?;
+    let mut report = RecoveryReport::default();
+    let Some((&active_base, sealed_bases)) = listing.bases.split_last() else {
+        let (segment, log_file, index_file) = create_segment(dir, Offset::ZERO)?;
+        report.created = true;
+        report.segments = 1;
+        return Ok(Recovered {
+            sealed: Vec::new(),
+            sealed_bytes: 0,
+            active: RecoveredActive {
+                segment,
+                log_file,
+                index_file,
+                size_bytes: 0,
+                index_bytes: 0,
+                builder: IndexBuilder::new(config.index_interval_bytes),
+            },
+            next_offset: Offset::ZERO,
+            report,
+            fsyncs: 1,
+        });
+    };
+
+    let mut sealed = Vec::with_capacity(sealed_bases.len());
+    let mut sealed_bytes = 0;
+    let mut rewrites = Vec::new();
+    for (i, &base) in sealed_bases.iter().enumerate() {
+        let next_base = listing.bases[i + 1];
+        let (segment, meta, rewrite) = load_sealed(dir, base, next_base, config)?;
+        if let Some(bytes) = rewrite {
+            rewrites.push((segment.index_path.clone(), bytes));
+        }
+        sealed_bytes += meta.size_bytes;
+        segment.seal(meta);
+        sealed.push(segment);
+    }
+    let ActivePlan {
+        segment,
+        log_file,
+        scan,
+        truncation,
+    } = check_active(dir, active_base, config)?;
+
+    // Everything is checked: from here on, make the changes recovery decided on.
+    let mut fsyncs = 0;
+    if let Some(t) = &truncation {
+        tracing::warn!(
+            file = %t.file.display(),
+            position = t.position,
+            truncated_bytes = t.truncated_bytes,
+            offset = t.offset.get(),
+            reason = %t.reason,
+            "truncating the torn tail of the active segment"
+        );
+        log_file.set_len(t.position).at(&t.file)?;
+    }
+    if truncation.is_some() || scan.end_position > 0 {
+        // Readers will see every record kept, but the process that wrote them may have died
+        // before syncing (or run with a weaker fsync policy): make them durable first. This also
+        // makes a truncation durable before new records are written after it, so a crash cannot
+        // bring torn bytes back behind them. Cheap when the pages are already clean.
+        log_file.sync_all().at(&segment.log_path)?;
+        fsyncs += 1;
+    }
+    // The active index is rewritten from the scan just made rather than validated: same cost,
+    // and the scan is the authority.
+    let index_file = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(&segment.index_path)
+        .at(&segment.index_path)?;
+    index_file
+        .write_all_at(&scan.index_bytes, 0)
+        .at(&segment.index_path)?;
+    for (path, bytes) in rewrites {
+        fs::write(&path, bytes).at(&path)?;
+        report.indexes_rebuilt.push(path);
+    }
+    for orphan in listing.orphans {
+        match fs::remove_file(&orphan) {
+            Ok(()) => report.orphans_removed.push(orphan),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(Err(e).at(&orphan)?),
+        }
+    }
+
+    report.segments = sealed.len() as u64 + 1;
+    report.start_offset = sealed.first().map_or(active_base, |s| s.base_offset);
+    report.next_offset = scan.next_offset;
+    report.truncation = truncation;
+    Ok(Recovered {
+        sealed,
+        sealed_bytes,
+        active: RecoveredActive {
+            segment,
+            log_file,
+            index_file,
+            size_bytes: scan.end_position,
+            index_bytes: scan.index_bytes.len() as u64,
+            builder: scan.builder,
+        },
+        next_offset: scan.next_offset,
+        report,
+        fsyncs,
+    })
+}
+
+#[derive(Debug)]
+struct Listing {
+    /// Base offsets of the `.log` files, ascending.
+    bases: Vec<Offset>,
+    /// `.idx` files whose `.log` is gone.
+    orphans: Vec<PathBuf>,
+}
+
+fn list_segments(dir: &Path) -> Result<Listing, OpenError> {
+    let mut logs = BTreeSet::new();
+    let mut indexes = Vec::new();
+    for entry in fs::read_dir(dir).at(dir)? {
+        let entry = entry.at(dir)?;
+        let name = entry.file_name();
+        // Names that are not ours (including non-UTF-8 ones) are left alone.
+        let Some(name) = name.to_str() else { continue };
+        if let Some(base) = parse_file_name(name, LOG_SUFFIX) {
+            logs.insert(base);
+        } else if let Some(base) = parse_file_name(name, INDEX_SUFFIX) {
+            indexes.push((base, entry.path()));
+        }
+    }
+    let orphans = indexes
+        .into_iter()
+        .filter(|(base, _)| !logs.contains(base))
+        .map(|(_, path)| path)
+        .collect();
+    Ok(Listing {
+        bases: logs.into_iter().collect(),
+        orphans,
+    })
+}
+
+/// Loads a sealed segment whose successor starts at `next_base`. Reads its index and only the
+/// records after the last index entry; reads the whole segment only to rebuild a missing or
+/// inconsistent index (returned for writing once the whole log checked out).
+fn load_sealed(
+    dir: &Path,
+    base: Offset,
+    next_base: Offset,
+    config: &LogConfig,
+) -> Result<(Segment, SealedMeta, Option<Vec<u8>>), OpenError> {
+    let paths = Segment::new(dir, base, Vec::new());
+    let log_path = &paths.log_path;
+    let file = File::open(log_path).at(log_path)?;
+    let size_bytes = file.metadata().at(log_path)?.len();
+    let mut reader = PositionedReader::new(&file);
+
+    let why =
+        match check_index(&mut reader, &paths.index_path, size_bytes, base, config).at(log_path)? {
+            Ok((entries, scan)) if scan.next_offset == next_base => {
+                let meta = SealedMeta {
+                    size_bytes,
+                    max_timestamp_ms: TimestampMs(scan.builder.max_timestamp_ms),
+                };
+                return Ok((Segment::new(dir, base, entries), meta, None));
+            }
+            Ok(_) => "index and log disagree with the next segment's base offset".to_owned(),
+            Err(why) => why,
+        };
+    tracing::warn!(file = %paths.index_path.display(), reason = %why, "rebuilding segment index");
+
+    let scan = scan_records(
+        &mut reader,
+        size_bytes,
+        base,
+        (0, base),
+        IndexBuilder::new(config.index_interval_bytes),
+        config.record_bytes_max,
+    )
+    .at(log_path)?;
+    if let Some(bad) = scan.bad {
+        // A segment is synced before the next one is created, so it cannot have a torn tail.
+        return Err(OpenError::Corrupt {
+            file: log_path.clone(),
+            position: bad.position,
+            offset: Some(bad.offset),
+            reason: format!("{} (in a sealed segment)", bad.reason),
+        });
+    }
+    if scan.next_offset != next_base {
+        return Err(OpenError::Corrupt {
+            file: log_path.clone(),
+            position: scan.end_position,
+            offset: Some(scan.next_offset),
+            reason: format!(
+                "the segment ends at offset {} but the next segment starts at offset {next_base}",
+                scan.next_offset
+            ),
+        });
+    }
+    let meta = SealedMeta {
+        size_bytes,
+        max_timestamp_ms: TimestampMs(scan.builder.max_timestamp_ms),
+    };
+    Ok((
+        Segment::new(dir, base, scan.entries),
+        meta,
+        Some(scan.index_bytes),
+    ))
+}
+
+/// Loads the index of a sealed segment and checks the records after its last entry (which also
+/// proves that entry points at the record it names). `Ok(Err(why))` means: rebuild the index.
+/// Only errors reading the log are returned as I/O errors.
+fn check_index(
+    reader: &mut PositionedReader<'_>,
+    index_path: &Path,
+    log_bytes: u64,
+    base: Offset,
+    config: &LogConfig,
+) -> io::Result<Result<(Vec<IndexEntry>, Scan), String>> {
+    let index_bytes = match fs::metadata(index_path) {
+        Ok(meta) => meta.len(),
+        Err(e) => return Ok(Err(format!("cannot read the index: {e}"))),
+    };
+    // At most one entry per record and a record takes at least a header: refuse to read more.
+    let most_bytes = (log_bytes / RECORD_HEADER_BYTES as u64 + 1) * INDEX_ENTRY_BYTES as u64;
+    if index_bytes > most_bytes {
+        return Ok(Err(format!(
+            "index of {index_bytes} bytes is larger than a {log_bytes}-byte log can need"
+        )));
+    }
+    let loaded = match fs::read(index_path) {
+        Ok(bytes) => match parse_index(&bytes, log_bytes) {
+            Ok(loaded) => loaded,
+            Err(why) => return Ok(Err(why)),
+        },
+        Err(e) => return Ok(Err(format!("cannot read the index: {e}"))),
+    };
+    let Some(&last) = loaded.entries.last() else {
+        return Ok(Err("the index is empty".into()));
+    };
+    let scan = scan_records(
+        reader,
+        log_bytes,
+        base,
+        (
+            u64::from(last.position),
+            Offset(base.get() + u64::from(last.relative_offset)),
+        ),
+        IndexBuilder::resume(config.index_interval_bytes, loaded.last_max_timestamp_ms),
+        config.record_bytes_max,
+    )?;
+    if let Some(bad) = &scan.bad {
+        return Ok(Err(format!(
+            "record at byte position {} after the last index entry: {}",
+            bad.position, bad.reason
+        )));
+    }
+    if !scan.entries.is_empty() {
+        return Ok(Err(
+            "the index lacks entries for the segment's last records".into(),
+        ));
+    }
+    Ok(Ok((loaded.entries, scan)))
+}
+
+#[derive(Debug)]
+struct ActivePlan {
+    segment: Segment,
+    log_file: File,
+    scan: Scan,
+    truncation: Option<Truncation>,
+}
+
+/// Scans the whole active segment and decides between "clean", "torn tail: truncate" and
+/// "corrupt: refuse".
+fn check_active(dir: &Path, base: Offset, config: &LogConfig) -> Result<ActivePlan, OpenError> {
+    let paths = Segment::new(dir, base, Vec::new());
+    let log_path = &paths.log_path;
+    let log_file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(log_path)
+        .at(log_path)?;
+    let log_bytes = log_file.metadata().at(log_path)?.len();
+    let limit = config.record_bytes_max;
+    let mut reader = PositionedReader::new(&log_file);
+    let mut scan = scan_records(
+        &mut reader,
+        log_bytes,
+        base,
+        (0, base),
+        IndexBuilder::new(config.index_interval_bytes),
+        limit,
+    )
+    .at(log_path)?;
+    let truncation = match &scan.bad {
+        None => None,
+        Some(bad) => {
+            let later = if bad.torn_candidate {
+                find_record_after(&mut reader, log_bytes, bad.position, bad.offset, limit)
+                    .at(log_path)?
+            } else {
+                None
+            };
+            if !bad.torn_candidate || later.is_some() {
+                let reason = match later {
+                    Some(p) => format!(
+                        "{}; a valid record follows at byte position {p}, so this is not a torn tail",
+                        bad.reason
+                    ),
+                    None => bad.reason.clone(),
+                };
+                return Err(OpenError::Corrupt {
+                    file: log_path.clone(),
+                    position: bad.position,
+                    offset: Some(bad.offset),
+                    reason,
+                });
+            }
+            Some(Truncation {
+                file: log_path.clone(),
+                position: bad.position,
+                truncated_bytes: log_bytes - bad.position,
+                offset: bad.offset,
+                reason: bad.reason.clone(),
+            })
+        }
+    };
+    drop(reader);
+    let segment = Segment::new(dir, base, std::mem::take(&mut scan.entries));
+    Ok(ActivePlan {
+        segment,
+        log_file,
+        scan,
+        truncation,
+    })
+}
