@@ -128,12 +128,18 @@ async fn create_topic(conn: &quinn::Connection, name: &str) -> Result<()> {
     Ok(())
 }
 
+/// A node in `dir` with a topic "t", and a connection to it.
+async fn node_with_topic_t(dir: &std::path::Path) -> Result<(RunningNode, quinn::Connection)> {
+    let node = start_node(dir).await?;
+    let conn = connect(&node).await?;
+    create_topic(&conn, "t").await?;
+    Ok((node, conn))
+}
+
 #[tokio::test]
 async fn frame_claiming_4_gib_gets_an_error_and_only_its_stream_closes() -> Result<()> {
     let dir = tempfile::tempdir()?;
-    let node = start_node(dir.path()).await?;
-    let conn = connect(&node).await?;
-    create_topic(&conn, "t").await?;
+    let (node, conn) = node_with_topic_t(dir.path()).await?;
 
     let mut bad = Stream::open(&conn).await?;
     bad.send.write_all(&u32::MAX.to_be_bytes()).await?;
@@ -161,9 +167,7 @@ async fn frame_claiming_4_gib_gets_an_error_and_only_its_stream_closes() -> Resu
 #[tokio::test]
 async fn garbage_and_truncated_frames_are_bad_requests_and_the_node_keeps_serving() -> Result<()> {
     let dir = tempfile::tempdir()?;
-    let node = start_node(dir.path()).await?;
-    let conn = connect(&node).await?;
-    create_topic(&conn, "t").await?;
+    let (node, conn) = node_with_topic_t(dir.path()).await?;
 
     // Garbage body with a plausible length.
     let mut s = Stream::open(&conn).await?;
@@ -202,9 +206,7 @@ async fn garbage_and_truncated_frames_are_bad_requests_and_the_node_keeps_servin
 #[tokio::test]
 async fn limits_unknown_topics_and_misplaced_listen_get_typed_errors() -> Result<()> {
     let dir = tempfile::tempdir()?;
-    let node = start_node(dir.path()).await?;
-    let conn = connect(&node).await?;
-    create_topic(&conn, "t").await?;
+    let (node, conn) = node_with_topic_t(dir.path()).await?;
     let mut s = Stream::open(&conn).await?;
 
     let big = vec![0u8; weir_proto::limits::VALUE_BYTES_DEFAULT + 1];
@@ -272,9 +274,7 @@ async fn pipelined_puts_on_eight_streams_share_fsyncs_and_get_dense_offsets() ->
     const STREAMS: usize = 8;
     const PUTS: u64 = 500;
     let dir = tempfile::tempdir()?;
-    let node = start_node(dir.path()).await?;
-    let conn = connect(&node).await?;
-    create_topic(&conn, "t").await?;
+    let (node, conn) = node_with_topic_t(dir.path()).await?;
 
     let mut tasks = Vec::new();
     for s in 0..STREAMS {
@@ -333,9 +333,7 @@ async fn pipelined_puts_on_eight_streams_share_fsyncs_and_get_dense_offsets() ->
 #[tokio::test]
 async fn listener_follows_the_tail_and_sees_deletion() -> Result<()> {
     let dir = tempfile::tempdir()?;
-    let node = start_node(dir.path()).await?;
-    let conn = connect(&node).await?;
-    create_topic(&conn, "t").await?;
+    let (node, conn) = node_with_topic_t(dir.path()).await?;
     let mut s = Stream::open(&conn).await?;
     assert!(matches!(
         s.call(1, put("t", b"a")).await?,
@@ -389,9 +387,7 @@ async fn listener_follows_the_tail_and_sees_deletion() -> Result<()> {
 #[tokio::test]
 async fn acknowledged_puts_survive_a_restart_with_their_timestamps() -> Result<()> {
     let dir = tempfile::tempdir()?;
-    let node = start_node(dir.path()).await?;
-    let conn = connect(&node).await?;
-    create_topic(&conn, "t").await?;
+    let (node, conn) = node_with_topic_t(dir.path()).await?;
     let mut s = Stream::open(&conn).await?;
     let mut acks = Vec::new();
     for i in 0..20u64 {
