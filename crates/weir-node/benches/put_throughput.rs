@@ -1,14 +1,17 @@
 //! PUT throughput of one node with `fsync = "always"`: 1 and 8 clients (one connection each),
 //! pipelined and one-at-a-time, showing group commit at work (messages per fsync).
 //!
-//! `cargo bench -p weir-node --bench put_throughput [-- --messages N --window W]`
+//! `cargo bench -p weir-node --bench put_throughput [-- --messages N --window W --fsync POLICY]`
+//!
+//! `--fsync never` shows what the path costs without the disk (for comparison only: weir's
+//! default and the figures that count are `always`).
 //!
 //! Prints a table and a bar chart. Timings come from this machine as it is (shared, noisy):
 //! compare cells of one run with each other, not runs on different days.
 
 use std::time::{Duration, Instant};
 use weir_client::{Client, ClientConfig};
-use weir_node::{Node, NodeConfig};
+use weir_node::{FsyncPolicy, Node, NodeConfig};
 use weir_proto::TopicConfig;
 
 struct Cell {
@@ -31,7 +34,7 @@ impl Cell {
     }
 }
 
-fn arg(name: &str, default: usize) -> usize {
+fn arg<T: std::str::FromStr>(name: &str, default: T) -> T {
     let args: Vec<String> = std::env::args().collect();
     args.iter()
         .position(|a| a == name)
@@ -40,10 +43,16 @@ fn arg(name: &str, default: usize) -> usize {
         .unwrap_or(default)
 }
 
-async fn run_cell(clients: usize, window: usize, per_client: usize) -> anyhow::Result<Cell> {
+async fn run_cell(
+    clients: usize,
+    window: usize,
+    per_client: usize,
+    fsync: FsyncPolicy,
+) -> anyhow::Result<Cell> {
     let dir = tempfile::tempdir()?;
     let mut config = NodeConfig::new(dir.path());
     config.listen = "127.0.0.1:0".parse()?;
+    config.fsync = fsync;
     let node = Node::start(config).await?;
     let client_config = ClientConfig::new(node.local_addr(), node.certs().ca_cert.clone());
     let admin = Client::connect(client_config.clone()).await?;
@@ -86,8 +95,9 @@ async fn run_cell(clients: usize, window: usize, per_client: usize) -> anyhow::R
 }
 
 fn main() -> anyhow::Result<()> {
-    let messages = arg("--messages", 40_000);
-    let window = arg("--window", 1024);
+    let messages = arg("--messages", 40_000usize);
+    let window = arg("--window", 1024usize);
+    let fsync = arg("--fsync", FsyncPolicy::Always);
     let runtime = tokio::runtime::Runtime::new()?;
     let plan = [(1, 1), (8, 1), (1, window), (8, window)];
     let mut cells = Vec::new();
@@ -95,11 +105,11 @@ fn main() -> anyhow::Result<()> {
         // One-at-a-time cells pay a full fsync round trip per message: fewer messages.
         let total = if w == 1 { messages / 20 } else { messages };
         eprintln!("running {clients} client(s), window {w}, {total} messages ...");
-        cells.push(runtime.block_on(run_cell(clients, w, total / clients))?);
+        cells.push(runtime.block_on(run_cell(clients, w, total / clients, fsync))?);
     }
 
     println!();
-    println!("PUT throughput, one node, fsync = always, key 4 B, value 1 B");
+    println!("PUT throughput, one node, fsync = {fsync}, key 4 B, value 1 B");
     println!("| clients | window | messages | seconds | msgs/s | µs/msg | fsyncs | msgs/fsync |");
     println!("|---:|---:|---:|---:|---:|---:|---:|---:|");
     for c in &cells {
