@@ -35,7 +35,7 @@ pub enum OpenError {
     Config(String),
 }
 
-/// Why an append, commit, sync or retention pass failed.
+/// Why an append, commit, sync, retention pass or truncation failed.
 #[derive(Debug, thiserror::Error)]
 pub enum LogError {
     /// The call that met this error also poisoned the log (unless it was a file deletion).
@@ -52,6 +52,10 @@ pub enum LogError {
     /// The payload is larger than `record_bytes_max`; nothing was written.
     #[error("record of {bytes} bytes exceeds the limit of {max} bytes")]
     TooLarge { bytes: usize, max: usize },
+    /// [`crate::Log::truncate_from`] was asked to remove records that retention already
+    /// deleted (`from` is below the oldest retained offset); nothing was changed.
+    #[error("cannot truncate the log from offset {from}: below its start offset {start}")]
+    TruncateBelowStart { from: Offset, start: Offset },
 }
 
 /// Why [`crate::LogReader::read`] failed.

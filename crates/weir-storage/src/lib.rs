@@ -3,8 +3,9 @@
 //! A log is a directory of segment files (`<base offset>.log`, 20 digits) of CRC-framed records,
 //! each with a sparse offset index (`<base offset>.idx`). One [`Log`] writes: it appends, then
 //! makes a batch durable and visible with one [`Log::commit`] (group commit). Any number of
-//! [`LogReader`]s read committed records concurrently. See `docs/STORAGE.md` for the byte-level
-//! format, the fsync policies, and the recovery rules.
+//! [`LogReader`]s read committed records concurrently. [`Log::truncate_from`] removes a suffix
+//! (a Raft follower dropping entries that conflict with its leader's). See `docs/STORAGE.md`
+//! for the byte-level format, the fsync policies, truncation, and the recovery rules.
 //!
 //! Nothing here is async: the node runs the writer on a thread of its own.
 
@@ -16,6 +17,7 @@ mod reader;
 mod record;
 mod recovery;
 mod segment;
+mod truncate;
 
 #[cfg(test)]
 mod tests;

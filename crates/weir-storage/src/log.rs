@@ -1,13 +1,14 @@
 //! The writer side of a log: append, group commit, fsync policy, segment roll, retention,
-//! poisoning.
+//! suffix truncation, poisoning.
 
 use crate::config::{FsyncPolicy, LogConfig};
 use crate::error::{IoAt, IoResultExt, LogError, OpenError};
-use crate::index::{IndexBuilder, encode_entry};
+use crate::index::{INDEX_ENTRY_BYTES, IndexBuilder, encode_entry};
 use crate::reader::{LogReader, Shared, View};
 use crate::record::{encode_header, record_bytes};
 use crate::recovery::{RecoveryReport, recover};
 use crate::segment::{SealedMeta, Segment, create_segment, sync_dir};
+use crate::truncate::{Marker, plan_cut, remove_marker, write_marker};
 use std::fs::{self, File, OpenOptions, TryLockError};
 use std::io;
 use std::os::unix::fs::FileExt;
@@ -62,10 +63,15 @@ pub struct Log {
     committed_offset: Offset,
     /// Records below this are durable.
     synced_offset: Offset,
+    /// Of the view readers see: bumped by every truncation (see [`View::generation`]).
+    generation: u64,
     last_sync: Instant,
     /// Text of the write or fsync error that stopped this log.
     poisoned: Option<String>,
     fault_next_sync: bool,
+    /// Test hook: the truncation stops (as if the process died) before its change on disk with
+    /// this number.
+    fault_truncation_step: Option<u32>,
     stats: LogStats,
     recovery: RecoveryReport,
     /// Holds the directory's lock for as long as the log is open.
@@ -178,6 +184,7 @@ impl Log {
         let view = View {
             segments: Arc::clone(&segments),
             committed_offset: next_offset,
+            generation: 0,
         };
         let shared = Arc::new(Shared::new(view, config.record_bytes_max));
         let active = Active {
@@ -210,9 +217,11 @@ impl Log {
             committed_offset: next_offset,
             // Recovery synced the active segment; sealed ones were synced when they were rolled.
             synced_offset: next_offset,
+            generation: 0,
             last_sync: Instant::now(),
             poisoned: None,
             fault_next_sync: false,
+            fault_truncation_step: None,
             stats: LogStats {
                 fsyncs,
                 ..LogStats::default()
@@ -328,16 +337,21 @@ impl Log {
     /// `sync_data` of the active segment, after a flush.
     fn sync_active(&mut self) -> Result<(), IoAt> {
         debug_assert!(self.active.buf.is_empty());
+        self.sync_active_file()?;
+        self.synced_offset = self.next_offset;
+        self.last_sync = Instant::now();
+        Ok(())
+    }
+
+    /// `sync_data` of the active segment's `.log` (subject to the injected fault).
+    fn sync_active_file(&mut self) -> Result<(), IoAt> {
         self.stats.fsyncs += 1;
         let result = if std::mem::take(&mut self.fault_next_sync) {
             Err(io::Error::other("injected fault: sync_data failed"))
         } else {
             self.active.log_file.sync_data()
         };
-        result.at(&self.active.segment.log_path)?;
-        self.synced_offset = self.next_offset;
-        self.last_sync = Instant::now();
-        Ok(())
+        result.at(&self.active.segment.log_path)
     }
 
     /// Seals the active segment (synced, with its index) and starts a new one at `next_offset`.
@@ -379,13 +393,13 @@ impl Log {
         self.next_offset
     }
 
-    /// Exclusive upper bound of the records readers see.
     /// Exclusive upper bound of the records known to be fsynced. Equal to the committed offset
     /// under `always`; may lag it under `interval:<ms>` and `never`.
     pub fn synced_offset(&self) -> Offset {
         self.synced_offset
     }
 
+    /// Exclusive upper bound of the records readers see.
     pub fn committed_offset(&self) -> Offset {
         self.committed_offset
     }
@@ -481,6 +495,206 @@ impl Log {
         }
     }
 
+    /// Removes every record with offset `>= from`, whether only appended, committed, synced or
+    /// already returned to readers (a Raft follower dropping entries that conflict with its
+    /// leader's). A no-op if `from >= next_offset`.
+    ///
+    /// Durable before it returns: the cut segment is truncated and fsynced, later segments are
+    /// deleted and the directory fsynced, so a crash never brings removed records back, and a
+    /// crash during the call leaves either the old or the truncated log (see `docs/STORAGE.md`).
+    /// Afterwards `next_offset == from` (the next append gets `from`), `committed_offset` is at
+    /// most `from`, and `synced_offset == from` (everything kept is durable). The files are then
+    /// exactly what they would be had the removed records never been appended: the segment
+    /// ending just before `from` is the active one again, its index trimmed. Truncating to the
+    /// start offset leaves an empty log there.
+    ///
+    /// Readers are never disturbed: one that overlaps the truncation returns records of either
+    /// the old or the new log, never a mix, and never fails because of it (see
+    /// [`LogReader::read`]). It is the caller's job not to have shown readers records it is
+    /// about to remove (the node bounds what its listeners see by the Raft commit index).
+    ///
+    /// Errors: `from < start_offset` (those records are gone already) is
+    /// [`LogError::TruncateBelowStart`], with nothing changed. An I/O error poisons the log like
+    /// any write error; reopening it finishes or discards the truncation.
+    pub fn truncate_from(&mut self, from: Offset) -> Result<(), LogError> {
+        self.check_poisoned()?;
+        let start = self.start_offset();
+        if from < start {
+            return Err(LogError::TruncateBelowStart { from, start });
+        }
+        if from >= self.next_offset {
+            return Ok(());
+        }
+        let _span =
+            tracing::info_span!("log_truncate", dir = %self.dir.display(), from = from.get())
+                .entered();
+        let result = self.truncate_inner(from);
+        result.map_err(|e| self.poison(e))
+    }
+
+    // The order of operations, and why a crash at any point leaves either the old log or the
+    // truncated one (never a mix, never corruption):
+    //
+    // 1. Plan without changing anything (the active segment's buffer is written out first so the
+    //    plan can read the records below `from`; a crash then leaves the old log).
+    // 2. Readers first: the new view (committed offset cut to at most `from`, the cut segment
+    //    last, a new generation) is published before any file changes. A read on the new view
+    //    only touches bytes below `from`, which nothing here changes; a read that began on an
+    //    older view sees the new generation when it is done and starts over.
+    // 3a. The cut segment is the active one: `ftruncate` its `.log`, then fsync. That one size
+    //    change is the commit point: not yet durable, the old log; durable, the truncated one.
+    //    Its index is trimmed but not synced: the last segment's index is rebuilt at every open.
+    // 3b. The cut segment is sealed: several files change, and no system call covers them all.
+    //    Cutting the segment first would leave, after a crash, a sealed segment ending before
+    //    its successor begins, which open refuses as corruption. Deleting the later segments
+    //    first would leave a shorter version of the old log, neither old nor truncated. So a
+    //    marker recording the truncation (`truncate.rs`) is made durable (file, then directory)
+    //    first: that is the commit point. Then the later segments are deleted, highest first
+    //    (`.log` before `.idx`), the segment cut and fsynced, the directory fsynced, and only
+    //    then is the marker deleted and the directory fsynced again. At open, a complete marker
+    //    makes recovery finish these (idempotent) steps before anything else, so every crash
+    //    after the marker is durable yields the truncated log; a torn marker (a crash while
+    //    writing it) means nothing else was touched: the old log. Deleting highest first keeps
+    //    every intermediate state a contiguous prefix of the old log even if the marker were
+    //    lost. The marker's deletion is durable before this returns, so no later crash can
+    //    re-apply the truncation to records appended after it.
+    fn truncate_inner(&mut self, from: Offset) -> Result<(), IoAt> {
+        let fault = self.fault_truncation_step.take();
+        let mut steps = 0;
+        let old = Arc::clone(&self.segments);
+        let last = old.len() - 1;
+        // The segment that will end just before `from` and be the active one: the one holding
+        // `from`, or the one before it when `from` is a segment's base offset, so the files are
+        // exactly what appending `start..from` would have produced (the first segment, emptied,
+        // when `from` is the start offset).
+        let mut k = old.partition_point(|s| s.base_offset <= from) - 1;
+        if k > 0 && old[k].base_offset == from {
+            k -= 1;
+        }
+        let target = Arc::clone(&old[k]);
+        let removed = self.next_offset.get() - from.get();
+
+        if k == last {
+            crash_point(fault, &mut steps, &self.dir)?;
+            self.active.flush()?;
+        } else {
+            // Every record of the active segment goes: its buffers are dropped unwritten.
+            let meta = target
+                .sealed()
+                .expect("a segment with a successor is sealed");
+            let log_file = OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(&target.log_path)
+                .at(&target.log_path)?;
+            let index_file = OpenOptions::new()
+                .write(true)
+                .open(&target.index_path)
+                .at(&target.index_path)?;
+            let index_bytes = index_file.metadata().at(&target.index_path)?.len();
+            self.active = Active {
+                size_bytes: meta.size_bytes,
+                written_bytes: meta.size_bytes,
+                index_written_bytes: index_bytes,
+                ..Active::new(
+                    Arc::clone(&target),
+                    log_file,
+                    index_file,
+                    IndexBuilder::new(self.config.index_interval_bytes),
+                )
+            };
+        }
+        let cut = plan_cut(
+            &target,
+            &self.active.log_file,
+            self.active.size_bytes,
+            from,
+            &self.config,
+        )?;
+        let kept_index_bytes = (cut.entries.len() * INDEX_ENTRY_BYTES) as u64;
+        // A new object, not `target` trimmed: reads that began on an older view keep theirs.
+        let segment = Arc::new(Segment::new(&self.dir, target.base_offset, cut.entries));
+
+        let mut segments = old[..k].to_vec();
+        segments.push(Arc::clone(&segment));
+        self.segments = Arc::new(segments);
+        self.committed_offset = self.committed_offset.min(from);
+        self.generation += 1;
+        self.publish();
+
+        let log_path = &target.log_path;
+        if k == last {
+            crash_point(fault, &mut steps, &self.dir)?;
+            self.active.log_file.set_len(cut.position).at(log_path)?;
+            crash_point(fault, &mut steps, &self.dir)?;
+            self.active
+                .index_file
+                .set_len(kept_index_bytes)
+                .at(&target.index_path)?;
+            crash_point(fault, &mut steps, &self.dir)?;
+            self.sync_active_file()?;
+        } else {
+            let marker = Marker {
+                from,
+                base_offset: target.base_offset,
+                position: cut.position,
+            };
+            crash_point(fault, &mut steps, &self.dir)?;
+            self.stats.fsyncs += write_marker(&self.dir, &marker)?;
+            for doomed in old[k + 1..].iter().rev() {
+                for path in [&doomed.log_path, &doomed.index_path] {
+                    crash_point(fault, &mut steps, &self.dir)?;
+                    match fs::remove_file(path) {
+                        Ok(()) => {}
+                        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                        Err(e) => return Err(e).at(path),
+                    }
+                }
+            }
+            crash_point(fault, &mut steps, &self.dir)?;
+            self.active.log_file.set_len(cut.position).at(log_path)?;
+            crash_point(fault, &mut steps, &self.dir)?;
+            self.active
+                .index_file
+                .set_len(kept_index_bytes)
+                .at(&target.index_path)?;
+            crash_point(fault, &mut steps, &self.dir)?;
+            self.sync_active_file()?;
+            crash_point(fault, &mut steps, &self.dir)?;
+            sync_dir(&self.dir)?;
+            self.stats.fsyncs += 1;
+            crash_point(fault, &mut steps, &self.dir)?;
+            self.stats.fsyncs += remove_marker(&self.dir)?;
+        }
+
+        let reactivated_bytes: u64 = old[k..last]
+            .iter()
+            .filter_map(|s| s.sealed())
+            .map(|m| m.size_bytes)
+            .sum();
+        self.sealed_bytes -= reactivated_bytes;
+        let active = &mut self.active;
+        active.segment = segment;
+        active.size_bytes = cut.position;
+        active.written_bytes = cut.position;
+        active.buf.clear();
+        active.index_buf.clear();
+        active.index_written_bytes = kept_index_bytes;
+        active.builder = cut.builder;
+        self.next_offset = from;
+        // The cut segment was just fsynced and every earlier one when it was sealed.
+        self.synced_offset = from;
+        self.last_sync = Instant::now();
+        tracing::info!(
+            from = from.get(),
+            removed_records = removed,
+            deleted_segments = last - k,
+            committed_offset = self.committed_offset.get(),
+            "log truncated"
+        );
+        Ok(())
+    }
+
     pub fn stats(&self) -> LogStats {
         LogStats {
             segments: self.segments.len() as u64,
@@ -489,10 +703,17 @@ impl Log {
         }
     }
 
-    /// Test hook: the next data fsync (commit, sync or roll) fails as if the disk had.
+    /// Test hook: the next data fsync (commit, sync, roll or truncation) fails as if the disk had.
     #[doc(hidden)]
     pub fn inject_fault_next_sync(&mut self) {
         self.fault_next_sync = true;
+    }
+
+    /// Test hook: the next [`Log::truncate_from`] fails before its change on disk number `step`
+    /// (0-based), leaving the files as a process crash at that point would.
+    #[cfg(test)]
+    pub(crate) fn inject_fault_in_truncation(&mut self, step: u32) {
+        self.fault_truncation_step = Some(step);
     }
 
     #[cfg(test)]
@@ -506,6 +727,7 @@ impl Log {
         self.shared.publish(View {
             segments: Arc::clone(&self.segments),
             committed_offset: self.committed_offset,
+            generation: self.generation,
         });
     }
 
@@ -536,6 +758,22 @@ impl Drop for Log {
             tracing::warn!(error = %e.source, file = %e.path.display(), "flush at close failed");
         }
     }
+}
+
+/// Test hook of [`Log::truncate_from`]: counts its changes on disk and fails before the one
+/// numbered `fault`, as if the process had died there.
+fn crash_point(fault: Option<u32>, steps: &mut u32, dir: &Path) -> Result<(), IoAt> {
+    let step = *steps;
+    *steps += 1;
+    if fault == Some(step) {
+        return Err(IoAt {
+            path: dir.to_owned(),
+            source: io::Error::other(format!(
+                "injected fault: crash before truncation step {step}"
+            )),
+        });
+    }
+    Ok(())
 }
 
 fn lock_dir(dir: &Path) -> Result<File, OpenError> {

@@ -23,6 +23,10 @@ pub(crate) struct View {
     /// Oldest first; never empty; the last one is the active segment.
     pub segments: Arc<Vec<Arc<Segment>>>,
     pub committed_offset: Offset,
+    /// Bumped by every [`crate::Log::truncate_from`], in the same publish that cuts the committed
+    /// offset and before any file is changed. Records below the committed offset of one
+    /// generation never change; a read that finds the generation changed under it retries.
+    pub generation: u64,
 }
 
 impl View {
@@ -55,6 +59,13 @@ impl Shared {
             .clone()
     }
 
+    pub fn generation(&self) -> u64 {
+        self.view
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .generation
+    }
+
     pub fn publish(&self, view: View) {
         debug_assert!(view.start_offset() <= view.committed_offset);
         *self.view.write().unwrap_or_else(PoisonError::into_inner) = view;
@@ -78,14 +89,33 @@ impl LogReader {
     /// that the first record is always returned, however large. `from == committed_offset` gives
     /// an empty result (nothing new yet); `from` outside `[start_offset, committed_offset]` gives
     /// [`ReadError::OutOfRange`].
+    ///
+    /// A read is never torn by a concurrent [`crate::Log::truncate_from`]: it returns records of
+    /// the log either before or after the truncation, never a mix, and never fails because of it.
     pub fn read(
         &self,
         from: Offset,
         max_bytes: usize,
         max_records: usize,
     ) -> Result<Vec<Record>, ReadError> {
-        let view = self.shared.view();
-        self.read_view(&view, from, max_bytes, max_records)
+        loop {
+            let view = self.shared.view();
+            let result = self.read_view(&view, from, max_bytes, max_records);
+            // The writer publishes a new generation before it changes any file, and this check
+            // comes after every byte was read: if the generation is unchanged, no truncation
+            // touched the files during the read, and what it read matches `view`. Otherwise the
+            // read may have seen a file half cut, a deleted segment, or a newer record at an
+            // offset `view` calls committed: whatever it got (records or an error) is dropped,
+            // and the read starts over on the new view. Truncations are rare; this loops again
+            // only if another one lands during the retry.
+            if self.shared.generation() == view.generation {
+                return result;
+            }
+            tracing::debug!(
+                from = from.get(),
+                "a truncation overtook the read; reading again"
+            );
+        }
     }
 
     /// Exclusive upper bound of the records a read can return now.

@@ -1,8 +1,10 @@
 //! What [`crate::Log::open`] does to a directory before the log accepts appends: find the
 //! segments, check sealed ones cheaply (their index and last records), scan the active one in
-//! full, truncate a torn tail, refuse corruption.
+//! full, truncate a torn tail, refuse corruption. First of all, finish a truncation
+//! ([`crate::Log::truncate_from`]) that a crash interrupted.
 //!
-//! Every check runs before anything on disk is changed, so a refused log is left as it was.
+//! Apart from finishing such a truncation (a change that was already decided and recorded),
+//! every check runs before anything on disk is changed, so a refused log is left as it was.
 
 use crate::config::LogConfig;
 use crate::error::{IoResultExt, OpenError};
@@ -10,14 +12,18 @@ use crate::index::{INDEX_ENTRY_BYTES, IndexBuilder, IndexEntry, parse_index};
 use crate::record::{PositionedReader, RECORD_HEADER_BYTES};
 use crate::segment::{
     INDEX_SUFFIX, LOG_SUFFIX, Scan, SealedMeta, Segment, create_segment, find_record_after,
-    parse_file_name, scan_records,
+    parse_file_name, scan_records, sync_dir,
 };
+use crate::truncate::{MARKER_FILE_NAME, Marker, remove_marker};
 use std::collections::BTreeSet;
 use std::fs::{self, File, OpenOptions};
 use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use weir_proto::{Offset, TimestampMs};
+
+/// `until` for scans that run to the end of the file.
+const END: Offset = Offset(u64::MAX);
 
 /// What recovery found and did when the log was opened.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -35,6 +41,10 @@ pub struct RecoveryReport {
     pub indexes_rebuilt: Vec<PathBuf>,
     /// `.idx` files without a `.log` (left by an interrupted retention pass), deleted.
     pub orphans_removed: Vec<PathBuf>,
+    /// A [`crate::Log::truncate_from`] spanning segments that a crash interrupted, finished
+    /// before anything else: the offset it truncated from (now `next_offset`, unless a torn
+    /// tail was cut below it too).
+    pub resumed_truncation: Option<Offset>,
 }
 
 /// A torn tail removed from the active segment.
@@ -73,8 +83,12 @@ pub(crate) struct Recovered {
 }
 
 pub(crate) fn recover(dir: &Path, config: &LogConfig) -> Result<Recovered, OpenError> {
+    let mut fsyncs = 0;
+    let mut report = RecoveryReport {
+        resumed_truncation: resume_truncation(dir, &mut fsyncs)?,
+        ..RecoveryReport::default()
+    };
     let listing = list_segments(dir)?;
-    let mut report = RecoveryReport::default();
     let Some((&active_base, sealed_bases)) = listing.bases.split_last() else {
         let (segment, log_file, index_file) = create_segment(dir, Offset::ZERO)?;
         report.created = true;
@@ -92,7 +106,7 @@ pub(crate) fn recover(dir: &Path, config: &LogConfig) -> Result<Recovered, OpenE
             },
             next_offset: Offset::ZERO,
             report,
-            fsyncs: 1,
+            fsyncs: fsyncs + 1,
         });
     };
 
@@ -117,7 +131,6 @@ pub(crate) fn recover(dir: &Path, config: &LogConfig) -> Result<Recovered, OpenE
     } = check_active(dir, active_base, config)?;
 
     // Everything is checked: from here on, make the changes recovery decided on.
-    let mut fsyncs = 0;
     if let Some(t) = &truncation {
         tracing::warn!(
             file = %t.file.display(),
@@ -179,6 +192,100 @@ pub(crate) fn recover(dir: &Path, config: &LogConfig) -> Result<Recovered, OpenE
         report,
         fsyncs,
     })
+}
+
+/// Finishes a [`crate::Log::truncate_from`] spanning segments that a crash interrupted (its
+/// marker is still there; see `truncate.rs`): deletes every segment above the marker's, highest
+/// first, cuts the marker's segment at the marker's position, syncs, and removes the marker.
+/// Returns the offset truncated from. Each step is idempotent, so a crash during this is
+/// finished by the next open just the same.
+///
+/// A marker that does not parse was torn while being written, which happens before any segment
+/// is touched: it is deleted and the log is left as it was. A valid marker that does not match
+/// the segments (its segment missing, shorter than the cut, or holding another record at the cut)
+/// is corruption, refused before anything is changed.
+fn resume_truncation(dir: &Path, fsyncs: &mut u64) -> Result<Option<Offset>, OpenError> {
+    let marker_path = dir.join(MARKER_FILE_NAME);
+    let bytes = match fs::read(&marker_path) {
+        Ok(bytes) => bytes,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(Err(e).at(&marker_path)?),
+    };
+    let Some(marker) = Marker::parse(&bytes) else {
+        tracing::warn!(
+            file = %marker_path.display(),
+            "deleting an incomplete truncation marker: the truncation had not started"
+        );
+        *fsyncs += remove_marker(dir)?;
+        return Ok(None);
+    };
+    let Marker {
+        from,
+        base_offset,
+        position,
+    } = marker;
+    let target = Segment::new(dir, base_offset, Vec::new());
+    let corrupt = |position, reason: String| OpenError::Corrupt {
+        file: target.log_path.clone(),
+        position,
+        offset: Some(from),
+        reason: format!("{reason} (finishing the truncation from offset {from})"),
+    };
+    let log_file = match OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&target.log_path)
+    {
+        Ok(file) => file,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            return Err(corrupt(0, "the segment to cut is missing".into()));
+        }
+        Err(e) => return Err(Err(e).at(&target.log_path)?),
+    };
+    let log_bytes = log_file.metadata().at(&target.log_path)?.len();
+    if base_offset > from || log_bytes < position {
+        return Err(corrupt(
+            log_bytes,
+            format!("the segment of {log_bytes} bytes cannot be cut at byte position {position}"),
+        ));
+    }
+    if log_bytes > position {
+        // Not cut yet: the first record to go must be where the marker says.
+        let header = PositionedReader::new(&log_file)
+            .header(position)
+            .at(&target.log_path)?;
+        if header.is_none_or(|h| h.offset != from) {
+            return Err(corrupt(
+                position,
+                "the record at the cut is not the first one to remove".into(),
+            ));
+        }
+    }
+    tracing::warn!(
+        from = from.get(),
+        segment = %target.log_path.display(),
+        "finishing a truncation interrupted by a crash"
+    );
+    let listing = list_segments(dir)?;
+    for &base in listing.bases.iter().rev().filter(|&&b| b > base_offset) {
+        let doomed = Segment::new(dir, base, Vec::new());
+        for path in [&doomed.log_path, &doomed.index_path] {
+            match fs::remove_file(path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(Err(e).at(path)?),
+            }
+        }
+    }
+    if log_bytes > position {
+        log_file.set_len(position).at(&target.log_path)?;
+    }
+    log_file.sync_all().at(&target.log_path)?;
+    // The segment's index may hold entries beyond the cut: it is the last segment now, whose
+    // index recovery rewrites anyway.
+    sync_dir(dir)?;
+    *fsyncs += 2 + remove_marker(dir)?;
+    Ok(Some(from))
 }
 
 #[derive(Debug)]
@@ -248,6 +355,7 @@ fn load_sealed(
         size_bytes,
         base,
         (0, base),
+        END,
         IndexBuilder::new(config.index_interval_bytes),
         config.record_bytes_max,
     )
@@ -322,6 +430,7 @@ fn check_index(
             u64::from(last.position),
             Offset(base.get() + u64::from(last.relative_offset)),
         ),
+        END,
         IndexBuilder::resume(config.index_interval_bytes, loaded.last_max_timestamp_ms),
         config.record_bytes_max,
     )?;
@@ -365,6 +474,7 @@ fn check_active(dir: &Path, base: Offset, config: &LogConfig) -> Result<ActivePl
         log_bytes,
         base,
         (0, base),
+        END,
         IndexBuilder::new(config.index_interval_bytes),
         limit,
     )

@@ -97,6 +97,14 @@ impl Segment {
         debug_assert!(first, "segment {} sealed twice", self.base_offset);
     }
 
+    /// The index entries of records below `offset` (a truncation keeps exactly these).
+    pub fn entries_below(&self, offset: Offset) -> Vec<IndexEntry> {
+        let relative = offset.get().saturating_sub(self.base_offset.get());
+        let index = self.index.read().unwrap_or_else(PoisonError::into_inner);
+        let kept = index.partition_point(|e| u64::from(e.relative_offset) < relative);
+        index[..kept].to_vec()
+    }
+
     #[cfg(test)]
     pub fn index_len(&self) -> usize {
         self.index
@@ -152,19 +160,21 @@ pub(crate) struct Scan {
     pub bad: Option<BadRecord>,
 }
 
-/// Checks every record from `(position, offset)` to `file_bytes`, building index entries.
+/// Checks every record from `(position, offset)` to `file_bytes`, or up to (not including) the
+/// record with offset `until`, building index entries.
 pub(crate) fn scan_records(
     reader: &mut PositionedReader<'_>,
     file_bytes: u64,
     base_offset: Offset,
     (mut position, mut offset): (u64, Offset),
+    until: Offset,
     mut builder: IndexBuilder,
     record_bytes_max: usize,
 ) -> io::Result<Scan> {
     let mut entries = Vec::new();
     let mut index_bytes = Vec::new();
     let mut bad = None;
-    while position < file_bytes {
+    while position < file_bytes && offset < until {
         // Index entries hold u32s; a writer of this crate never goes beyond them (see
         // SEGMENT_BYTES_MAX), so a file that does was not written by it.
         let (Ok(position32), Ok(relative32)) = (

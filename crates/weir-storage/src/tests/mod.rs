@@ -6,6 +6,7 @@ mod faults;
 mod model;
 mod recovery;
 mod segments;
+mod truncation;
 
 use crate::{FsyncPolicy, Log, LogConfig, Offset, Record, TimestampMs};
 use std::fs;

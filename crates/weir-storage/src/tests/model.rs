@@ -2,10 +2,11 @@
 //!
 //! Defined behaviour the model encodes: `commit` makes everything appended visible; dropping
 //! the log flushes (without fsync) what was appended, so a reopen makes every appended record
-//! committed; retention only ever removes a prefix of committed records.
+//! committed; retention only ever removes a prefix of committed records; truncation removes a
+//! suffix (of any records, committed or not) and cuts the committed offset to it.
 
 use super::*;
-use crate::ReadError;
+use crate::{LogError, ReadError};
 use proptest::prelude::*;
 use tempfile::tempdir;
 
@@ -28,6 +29,11 @@ enum Op {
     Retention {
         ahead_ms: u64,
     },
+    /// `from` picked relative to the model's range (some picks fall below the start or at or
+    /// after the end).
+    Truncate {
+        pick: u64,
+    },
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -44,6 +50,7 @@ fn op() -> impl Strategy<Value = Op> {
         }),
         1 => Just(Op::Reopen),
         1 => (0u64..800).prop_map(|ahead_ms| Op::Retention { ahead_ms }),
+        2 => any::<u64>().prop_map(|pick| Op::Truncate { pick }),
     ]
 }
 
@@ -149,12 +156,34 @@ fn run(ops: Vec<Op>) {
                 }
             }
             Op::Reopen => {
+                let bytes = l.stats().bytes;
                 drop(log.take());
                 let l = log.insert(open(dir.path(), &config));
                 model.committed = model.records.len() as u64;
                 let report = l.recovery();
                 assert_eq!(report.truncation, None);
+                assert_eq!(report.resumed_truncation, None);
                 assert!(report.indexes_rebuilt.is_empty(), "{report:?}");
+                assert_eq!(l.stats().bytes, bytes);
+            }
+            Op::Truncate { pick } => {
+                // From two below the start to two past the end.
+                let next = model.records.len() as u64;
+                let from = (model.start + pick % (next - model.start + 5)).saturating_sub(2);
+                let result = l.truncate_from(Offset(from));
+                if from < model.start {
+                    assert!(
+                        matches!(result, Err(LogError::TruncateBelowStart { .. })),
+                        "truncate from {from}: {result:?}"
+                    );
+                } else {
+                    result.unwrap();
+                    model.records.truncate(from as usize);
+                    model.committed = model.committed.min(from);
+                    if from < next {
+                        assert_eq!(l.synced_offset(), Offset(from));
+                    }
+                }
             }
             Op::Retention { ahead_ms } => {
                 let newest_ms = 10 * (model.records.len() as u64).saturating_sub(1);
@@ -175,6 +204,10 @@ fn run(ops: Vec<Op>) {
         let reader = l.reader();
         assert_eq!(reader.committed_offset(), Offset(model.committed));
         assert_eq!(reader.start_offset(), Offset(model.start));
+        let files = segment_files(dir.path(), ".log");
+        assert_eq!(l.stats().segments, files.len() as u64);
+        assert_eq!(segment_files(dir.path(), ".idx").len(), files.len());
+        assert!(l.synced_offset() <= l.next_offset());
     }
     // Finally everything retained reads back whole.
     let l = log.as_ref().unwrap();
@@ -192,7 +225,7 @@ proptest! {
     #![proptest_config(ProptestConfig { cases: 40, ..ProptestConfig::default() })]
 
     #[test]
-    fn log_matches_in_memory_model_across_rolls_reopens_and_retention(
+    fn log_matches_in_memory_model_across_rolls_reopens_retention_and_truncation(
         ops in proptest::collection::vec(op(), 1..80)
     ) {
         run(ops);
