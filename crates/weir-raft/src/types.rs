@@ -267,7 +267,7 @@ pub enum Output {
     /// Make durable, BEFORE executing any later output of the queue (in particular any Send after it).
     PersistHardState(HardState),
     /// Append `entries` to the stored log, first truncating every stored entry with index >=
-    /// entries[0].index. Asynchronous: the driver may execute later outputs (Sends) before this is
+    /// `entries[0].index`. Asynchronous: the driver may execute later outputs (Sends) before this is
     /// durable; when it is durable it calls `handle_persisted(now, last.index, last.term)`.
     /// Entries are contiguous and non-empty.
     PersistEntries(Vec<Entry>),

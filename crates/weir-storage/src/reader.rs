@@ -73,7 +73,7 @@ impl Shared {
 }
 
 /// Reads committed records. Cheap to clone, `Send + Sync`; every read opens its own file handles,
-/// so readers never block the writer for longer than copying the [`View`].
+/// so readers never block the writer for longer than copying the `View`.
 #[derive(Clone, Debug)]
 pub struct LogReader {
     shared: Arc<Shared>,
