@@ -17,6 +17,8 @@
 pub mod certs;
 mod clock;
 pub mod config;
+pub mod group_store;
+pub mod peer;
 pub mod server;
 mod topic;
 mod topics;
@@ -97,6 +99,7 @@ impl Node {
             max_message_bytes: config.max_message_bytes,
             max_key_bytes: config.max_key_bytes,
             connections: AtomicUsize::new(0),
+            peers: None,
         });
         let span = tracing::info_span!("node", addr = %local_addr);
         let accept = tokio::spawn(server::accept_loop(endpoint.clone(), ctx).instrument(span));
@@ -146,17 +149,22 @@ impl RunningNode {
     }
 }
 
-fn server_config(paths: &certs::CertPaths) -> Result<quinn::ServerConfig, StartError> {
+/// The QUIC server config of the node's endpoint: TLS 1.3, the node certificate, ALPN `weir/1`
+/// (clients) and `weir-peer/1` (other nodes). Client certificates are optional and, when
+/// presented, must chain to the cluster CA; peer connections must present a node certificate.
+pub fn server_config(paths: &certs::CertPaths) -> Result<quinn::ServerConfig, StartError> {
     let chain = certs::load_certs(&paths.node_cert)?;
     let key = certs::load_key(&paths.node_key)?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let client_verifier = peer::client_cert_verifier(&paths.ca_cert, provider.clone())
+        .map_err(|e| StartError::Tls(e.to_string()))?;
     let mut tls = rustls::ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(|e| StartError::Tls(e.to_string()))?
-        .with_no_client_auth()
+        .with_client_cert_verifier(client_verifier)
         .with_single_cert(chain, key)
         .map_err(|e| StartError::Tls(e.to_string()))?;
-    tls.alpn_protocols = vec![weir_proto::ALPN.to_vec()];
+    tls.alpn_protocols = vec![weir_proto::ALPN.to_vec(), peer::PEER_ALPN.to_vec()];
     let quic = quinn::crypto::rustls::QuicServerConfig::try_from(tls)
         .map_err(|e| StartError::Tls(e.to_string()))?;
     let mut server = quinn::ServerConfig::with_crypto(Arc::new(quic));

@@ -5,8 +5,10 @@
 //! request stream on which PUTs are pipelined: each PUT is queued to its topic's writer at once,
 //! and replies go out as group commits finish, coalesced into as few writes as possible.
 
+use crate::peer::{PEER_ALPN, PeerNet};
 use crate::topic::{AppendOp, ReplyTo};
 use crate::topics::Topics;
+use serde::de::DeserializeOwned;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
@@ -42,6 +44,8 @@ pub(crate) struct Ctx {
     pub max_message_bytes: usize,
     pub max_key_bytes: usize,
     pub connections: AtomicUsize,
+    /// Takes `weir-peer/1` connections; `None` (no peers configured) refuses them.
+    pub peers: Option<PeerNet>,
 }
 
 pub(crate) async fn accept_loop(endpoint: quinn::Endpoint, ctx: Arc<Ctx>) {
@@ -57,13 +61,28 @@ pub(crate) async fn accept_loop(endpoint: quinn::Endpoint, ctx: Arc<Ctx>) {
             async move {
                 ctx.connections.fetch_add(1, Ordering::Relaxed);
                 match incoming.await {
-                    Ok(conn) => handle_connection(ctx.clone(), conn).await,
+                    Ok(conn) => route(&ctx, conn).await,
                     Err(e) => tracing::debug!(error = %e, "handshake failed"),
                 }
                 ctx.connections.fetch_sub(1, Ordering::Relaxed);
             }
             .instrument(tracing::info_span!("peer", %remote)),
         );
+    }
+}
+
+/// Routes a connection by its negotiated ALPN: `weir-peer/1` to the node-to-node transport,
+/// anything else (`weir/1`) to client handling.
+async fn route(ctx: &Arc<Ctx>, conn: quinn::Connection) {
+    if crate::peer::negotiated_alpn(&conn).as_deref() != Some(PEER_ALPN) {
+        return handle_connection(ctx.clone(), conn).await;
+    }
+    match &ctx.peers {
+        Some(peers) => peers.handle_incoming(conn).await,
+        None => crate::peer::refuse(
+            &conn,
+            "this node has no peers configured: weir-peer/1 connections are refused",
+        ),
     }
 }
 
@@ -84,13 +103,13 @@ async fn handle_connection(ctx: Arc<Ctx>, conn: quinn::Connection) {
 }
 
 /// Reads the next whole frame. `Ok(None)` at a clean end of stream.
-async fn read_frame(
+pub(crate) async fn read_frame<T: DeserializeOwned>(
     recv: &mut quinn::RecvStream,
     decoder: &mut FrameDecoder,
     buf: &mut [u8],
-) -> Result<Option<ClientFrame>, StreamEnd> {
+) -> Result<Option<T>, StreamEnd> {
     loop {
-        if let Some(frame) = decoder.next::<ClientFrame>().map_err(StreamEnd::Frame)? {
+        if let Some(frame) = decoder.next::<T>().map_err(StreamEnd::Frame)? {
             return Ok(Some(frame));
         }
         match recv.read(buf).await {
@@ -110,7 +129,7 @@ async fn read_frame(
     }
 }
 
-enum StreamEnd {
+pub(crate) enum StreamEnd {
     Frame(FrameError),
     Read(quinn::ReadError),
 }
@@ -127,7 +146,7 @@ fn frame_error_reply(e: &FrameError) -> ErrorReply {
 async fn handle_stream(ctx: Arc<Ctx>, mut send: quinn::SendStream, mut recv: quinn::RecvStream) {
     let mut decoder = FrameDecoder::new(FRAME_BYTES_MAX);
     let mut buf = vec![0u8; READ_CHUNK_BYTES];
-    let first = match read_frame(&mut recv, &mut decoder, &mut buf).await {
+    let first = match read_frame::<ClientFrame>(&mut recv, &mut decoder, &mut buf).await {
         Ok(Some(f)) => f,
         Ok(None) => return,
         Err(StreamEnd::Read(e)) => {
