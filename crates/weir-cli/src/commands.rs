@@ -23,6 +23,15 @@ pub async fn node(g: &GlobalArgs, args: NodeArgs) -> Result<()> {
     if let Some(dir) = &g.data_dir {
         config.data_dir = dir.clone();
     }
+    if let Some(id) = args.id {
+        config.node_id = weir_node::NodeId(id);
+    }
+    if let Some(peers) = args.peers {
+        config.peers = peers;
+    }
+    if let Some(cluster_id) = args.cluster_id {
+        config.cluster_id = Some(cluster_id);
+    }
     if let Some(listen) = args.listen {
         config.listen = listen;
     }
@@ -302,12 +311,47 @@ pub async fn status(g: &GlobalArgs) -> Result<()> {
     let client = connect(g).await?;
     let status = client.status().await?;
     println!(
-        "weir node {} at {}: up {}, fsync {}",
+        "weir node {} (id {}) at {}: up {}, fsync {}",
         status.server_version,
+        status.node_id,
         g.cluster,
         output::uptime(status.uptime_ms),
         status.fsync
     );
+    if !status.peers.is_empty() {
+        let rows: Vec<Vec<String>> = status
+            .peers
+            .iter()
+            .map(|p| {
+                vec![
+                    p.node_id.to_string(),
+                    p.addr.clone(),
+                    if p.connected { "yes" } else { "no" }.to_string(),
+                    p.connections.to_string(),
+                    p.messages_sent.to_string(),
+                    p.messages_received.to_string(),
+                    p.messages_dropped.to_string(),
+                    p.last_error.clone().unwrap_or_else(|| "-".into()),
+                ]
+            })
+            .collect();
+        print!(
+            "{}",
+            table(
+                &[
+                    "PEER",
+                    "ADDRESS",
+                    "CONNECTED",
+                    "CONNECTIONS",
+                    "SENT",
+                    "RECEIVED",
+                    "DROPPED",
+                    "LAST_ERROR",
+                ],
+                &rows,
+            )
+        );
+    }
     let mut topics = status.topics;
     topics.sort_by(|a, b| a.name.cmp(&b.name));
     if topics.is_empty() {

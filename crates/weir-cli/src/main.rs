@@ -94,6 +94,17 @@ enum Command {
 
 #[derive(Debug, Args)]
 struct NodeArgs {
+    /// This node's id in the cluster [default: 1, or the config file's].
+    #[arg(long)]
+    id: Option<u64>,
+    /// Every member of the cluster as ID=ADDRESS, this node included, e.g.
+    /// 1=10.0.0.1:7070,2=10.0.0.2:7070,3=10.0.0.3:7070. All nodes need certificates from one
+    /// CA (copy the certs directory of one `weir certs init` to every node).
+    #[arg(long, value_parser = parse_peers)]
+    peers: Option<std::collections::BTreeMap<weir_node::NodeId, std::net::SocketAddr>>,
+    /// A cluster name every node checks when peers connect.
+    #[arg(long)]
+    cluster_id: Option<String>,
     /// Address to serve on [default: 127.0.0.1:7070, or the config file's].
     #[arg(long)]
     listen: Option<std::net::SocketAddr>,
@@ -168,6 +179,12 @@ struct ListenArgs {
     /// Exit after this many messages (otherwise follow the topic until interrupted).
     #[arg(long)]
     count: Option<u64>,
+}
+
+fn parse_peers(
+    s: &str,
+) -> Result<std::collections::BTreeMap<weir_node::NodeId, std::net::SocketAddr>, String> {
+    weir_node::config::parse_peers(s)
 }
 
 fn parse_fsync(s: &str) -> Result<FsyncPolicy, String> {

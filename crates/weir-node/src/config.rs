@@ -8,9 +8,11 @@
 //! ```
 
 use serde::Deserialize;
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use weir_proto::limits::{KEY_BYTES_DEFAULT, KEY_BYTES_MAX, VALUE_BYTES_DEFAULT, VALUE_BYTES_MAX};
+use weir_raft::NodeId;
 use weir_storage::FsyncPolicy;
 
 /// Default client port.
@@ -24,6 +26,14 @@ pub const SEGMENT_BYTES_MIN: u64 = 4096;
 
 #[derive(Clone, Debug)]
 pub struct NodeConfig {
+    /// This node's id in the cluster (default 1).
+    pub node_id: NodeId,
+    /// Every member of the cluster and the address its endpoint serves on, this node included
+    /// or not (`--peers 1=ADDR,2=ADDR,3=ADDR`). Empty: a cluster of this node alone.
+    pub peers: BTreeMap<NodeId, SocketAddr>,
+    /// Optional cluster name that nodes check in their hello, so two clusters sharing a CA
+    /// never talk to each other by mistake.
+    pub cluster_id: Option<String>,
     /// Topics live in `data_dir/topics/<name>/`.
     pub data_dir: PathBuf,
     /// UDP address of the QUIC endpoint clients connect to.
@@ -48,6 +58,9 @@ impl NodeConfig {
     /// Defaults for everything but the data directory.
     pub fn new(data_dir: impl Into<PathBuf>) -> Self {
         Self {
+            node_id: NodeId(1),
+            peers: BTreeMap::new(),
+            cluster_id: None,
             data_dir: data_dir.into(),
             listen: LISTEN_DEFAULT.parse().expect("valid default address"),
             certs_dir: None,
@@ -59,6 +72,15 @@ impl NodeConfig {
             retention_ms: None,
             retention_check_interval_ms: RETENTION_CHECK_INTERVAL_MS_DEFAULT,
         }
+    }
+
+    /// The other members of the cluster (the peer list without this node).
+    pub fn other_peers(&self) -> BTreeMap<NodeId, SocketAddr> {
+        self.peers
+            .iter()
+            .filter(|(id, _)| **id != self.node_id)
+            .map(|(id, addr)| (*id, *addr))
+            .collect()
     }
 
     pub fn certs_dir(&self) -> PathBuf {
@@ -83,6 +105,13 @@ impl NodeConfig {
     fn from_toml_str(text: &str) -> Result<Self, String> {
         let file: ConfigFile = toml::from_str(text).map_err(|e| e.to_string())?;
         let mut c = Self::new(file.data_dir.unwrap_or_else(|| PathBuf::from("weir-data")));
+        if let Some(v) = file.node_id {
+            c.node_id = NodeId(v);
+        }
+        if let Some(v) = file.peers {
+            c.peers = parse_peers(&v).map_err(|e| format!("peers: {e}"))?;
+        }
+        c.cluster_id = file.cluster_id;
         if let Some(v) = file.listen {
             c.listen = v;
         }
@@ -129,6 +158,23 @@ impl NodeConfig {
                 self.segment_bytes
             ));
         }
+        if self.node_id == NodeId(0) {
+            return bad("node_id must be above 0".into());
+        }
+        if self.peers.len() > crate::peer::PEERS_MAX {
+            return bad(format!(
+                "{} peers exceed PEERS_MAX ({})",
+                self.peers.len(),
+                crate::peer::PEERS_MAX
+            ));
+        }
+        if !self.peers.is_empty() && !self.peers.contains_key(&self.node_id) {
+            return bad(format!(
+                "the peer list names nodes {:?} but not this node ({})",
+                self.peers.keys().map(|id| id.0).collect::<Vec<_>>(),
+                self.node_id
+            ));
+        }
         if self.retention_check_interval_ms == 0 {
             return bad("retention_check_interval_ms must be above 0".into());
         }
@@ -136,9 +182,37 @@ impl NodeConfig {
     }
 }
 
+/// Parses `1=127.0.0.1:7001,2=127.0.0.1:7002`: node ids above 0, each once.
+pub fn parse_peers(spec: &str) -> Result<BTreeMap<NodeId, SocketAddr>, String> {
+    let mut peers = BTreeMap::new();
+    for item in spec.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+        let (id, addr) = item
+            .split_once('=')
+            .ok_or_else(|| format!("{item:?} is not ID=ADDRESS (e.g. 2=127.0.0.1:7002)"))?;
+        let id: u64 = id
+            .trim()
+            .parse()
+            .map_err(|_| format!("{id:?} in {item:?} is not a node id"))?;
+        if id == 0 {
+            return Err(format!("node ids start at 1 ({item:?})"));
+        }
+        let addr: SocketAddr = addr
+            .trim()
+            .parse()
+            .map_err(|e| format!("{addr:?} in {item:?}: {e}"))?;
+        if peers.insert(NodeId(id), addr).is_some() {
+            return Err(format!("node {id} is listed twice"));
+        }
+    }
+    Ok(peers)
+}
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct ConfigFile {
+    node_id: Option<u64>,
+    peers: Option<String>,
+    cluster_id: Option<String>,
     data_dir: Option<PathBuf>,
     listen: Option<SocketAddr>,
     certs_dir: Option<PathBuf>,
@@ -185,6 +259,31 @@ mod tests {
         assert_eq!(c.listen, "0.0.0.0:9000".parse().unwrap());
         assert_eq!(c.fsync, FsyncPolicy::Interval { interval_ms: 50 });
         assert_eq!(c.max_message_bytes, 1000);
+    }
+
+    #[test]
+    fn peer_lists_parse_and_must_name_this_node() {
+        let c = NodeConfig::from_toml_str(
+            "node_id = 2\npeers = \"1=127.0.0.1:7001, 2=127.0.0.1:7002,3=127.0.0.1:7003\"\n",
+        )
+        .unwrap();
+        assert_eq!(c.node_id, NodeId(2));
+        assert_eq!(c.peers.len(), 3);
+        assert_eq!(
+            c.other_peers().keys().copied().collect::<Vec<_>>(),
+            vec![NodeId(1), NodeId(3)]
+        );
+        let e = NodeConfig::from_toml_str("node_id = 4\npeers = \"1=127.0.0.1:7001\"").unwrap_err();
+        assert!(e.contains("not this node"), "{e}");
+        assert!(
+            parse_peers("1=127.0.0.1:1,1=127.0.0.1:2")
+                .unwrap_err()
+                .contains("twice")
+        );
+        assert!(parse_peers("0=127.0.0.1:1").is_err());
+        assert!(parse_peers("x=127.0.0.1:1").is_err());
+        assert!(parse_peers("1:127.0.0.1:1").is_err());
+        assert!(parse_peers("").unwrap().is_empty());
     }
 
     #[test]

@@ -24,6 +24,7 @@ mod topic;
 mod topics;
 
 pub use config::{ConfigError, NodeConfig};
+pub use weir_raft::NodeId;
 pub use weir_storage::FsyncPolicy;
 
 use std::net::SocketAddr;
@@ -92,6 +93,20 @@ impl Node {
             addr: config.listen,
             source,
         })?;
+        let other_peers = config.other_peers();
+        let peers = if other_peers.is_empty() {
+            None
+        } else {
+            let tls = peer::PeerTls::from_cert_paths(&cert_paths)
+                .map_err(|e| StartError::Tls(format!("peer TLS: {e}")))?;
+            let mut peer_config = peer::PeerConfig::new(config.node_id, other_peers.clone());
+            peer_config.cluster_id = config.cluster_id.clone();
+            let (net, inbound) = peer::PeerNet::start(endpoint.clone(), peer_config, tls)
+                .map_err(|e| StartError::Tls(format!("peer transport: {e}")))?;
+            tokio::spawn(drain_peer_messages(inbound));
+            tracing::info!(node_id = %config.node_id, peers = other_peers.len(), "peer transport started");
+            Some(net)
+        };
         let ctx = Arc::new(server::Ctx {
             topics: topics.clone(),
             started: Instant::now(),
@@ -99,13 +114,16 @@ impl Node {
             max_message_bytes: config.max_message_bytes,
             max_key_bytes: config.max_key_bytes,
             connections: AtomicUsize::new(0),
-            peers: None,
+            node_id: config.node_id,
+            peer_addrs: other_peers,
+            peers: peers.clone(),
         });
         let span = tracing::info_span!("node", addr = %local_addr);
         let accept = tokio::spawn(server::accept_loop(endpoint.clone(), ctx).instrument(span));
         tracing::info!(addr = %local_addr, data_dir = %config.data_dir.display(), fsync = %config.fsync, "weir node serving");
         Ok(RunningNode {
             endpoint,
+            peers,
             topics,
             accept,
             certs: cert_paths,
@@ -119,6 +137,7 @@ impl Node {
 #[derive(Debug)]
 pub struct RunningNode {
     endpoint: quinn::Endpoint,
+    peers: Option<peer::PeerNet>,
     topics: Arc<topics::Topics>,
     accept: tokio::task::JoinHandle<()>,
     certs: certs::CertPaths,
@@ -136,6 +155,9 @@ impl RunningNode {
 
     /// Closes every connection, lets each topic commit what it has queued, syncs, and returns.
     pub async fn shutdown(self) {
+        if let Some(peers) = &self.peers {
+            peers.shutdown();
+        }
         self.endpoint.close(0u32.into(), b"node shutting down");
         self.accept.abort();
         let topics = self.topics.clone();
@@ -146,6 +168,17 @@ impl RunningNode {
         )
         .await;
         tracing::info!("weir node stopped");
+    }
+}
+
+/// Topics are not replicated yet (the Raft groups that will consume peer messages come next), so
+/// nothing sends on the peer transport; anything that arrives is logged and dropped rather than
+/// left to fill the inbound queue.
+async fn drain_peer_messages(
+    mut inbound: tokio::sync::mpsc::Receiver<(peer::GroupId, weir_raft::Envelope)>,
+) {
+    while let Some((group, envelope)) = inbound.recv().await {
+        tracing::debug!(%group, from = %envelope.from, "no Raft group runs here yet; peer message dropped");
     }
 }
 

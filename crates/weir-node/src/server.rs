@@ -18,7 +18,8 @@ use weir_proto::entry::{decode_entry, encode_entry};
 use weir_proto::limits::{EVENTS_BATCH_BYTES_MAX, EVENTS_BATCH_COUNT_MAX, FRAME_BYTES_MAX};
 use weir_proto::{
     ClientFrame, ErrorCode, ErrorReply, Event, FrameDecoder, FrameError, ListenFrom, NodeStatus,
-    Offset, PROTOCOL_VERSION, Put, Reply, Request, RequestId, ServerFrame, encode_frame,
+    Offset, PROTOCOL_VERSION, PeerStatus, Put, Reply, Request, RequestId, ServerFrame,
+    encode_frame,
 };
 use weir_storage::ReadError;
 
@@ -44,6 +45,9 @@ pub(crate) struct Ctx {
     pub max_message_bytes: usize,
     pub max_key_bytes: usize,
     pub connections: AtomicUsize,
+    pub node_id: weir_raft::NodeId,
+    /// The other cluster members and their addresses (empty for a single node).
+    pub peer_addrs: std::collections::BTreeMap<weir_raft::NodeId, std::net::SocketAddr>,
     /// Takes `weir-peer/1` connections; `None` (no peers configured) refuses them.
     pub peers: Option<PeerNet>,
 }
@@ -275,6 +279,8 @@ async fn dispatch(
             uptime_ms: u64::try_from(ctx.started.elapsed().as_millis()).unwrap_or(u64::MAX),
             fsync: ctx.fsync.clone(),
             topics: ctx.topics.all().iter().map(|t| t.status()).collect(),
+            node_id: ctx.node_id.0,
+            peers: peer_statuses(ctx),
         })),
         Request::Listen { .. } => {
             reply(Reply::Error(ErrorReply::new(
@@ -285,6 +291,26 @@ async fn dispatch(
         }
     }
     true
+}
+
+fn peer_statuses(ctx: &Ctx) -> Vec<PeerStatus> {
+    let stats = ctx.peers.as_ref().map(|p| p.stats()).unwrap_or_default();
+    ctx.peer_addrs
+        .iter()
+        .map(|(id, addr)| {
+            let s = stats.get(id);
+            PeerStatus {
+                node_id: id.0,
+                addr: addr.to_string(),
+                connected: s.is_some_and(|s| s.connected),
+                connections: s.map_or(0, |s| s.connections),
+                messages_sent: s.map_or(0, |s| s.sent),
+                messages_received: s.map_or(0, |s| s.received),
+                messages_dropped: s.map_or(0, |s| s.dropped),
+                last_error: s.and_then(|s| s.last_error.clone()),
+            }
+        })
+        .collect()
 }
 
 fn put_request(ctx: &Ctx, put: Put, reply_to: ReplyTo) {

@@ -159,6 +159,27 @@ pub struct NodeStatus {
     pub uptime_ms: u64,
     pub fsync: String,
     pub topics: Vec<TopicStatus>,
+    /// This node's id in its cluster (1 for a node alone).
+    pub node_id: u64,
+    /// The other members of the cluster, from the node's static peer list.
+    pub peers: Vec<PeerStatus>,
+}
+
+/// One other node of the cluster, as this node sees it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PeerStatus {
+    pub node_id: u64,
+    pub addr: String,
+    /// A peer connection with a completed hello is up.
+    pub connected: bool,
+    /// Connections established with this peer since the node started.
+    pub connections: u64,
+    pub messages_sent: u64,
+    pub messages_received: u64,
+    /// Messages dropped (queue full, too large, or lost with a connection).
+    pub messages_dropped: u64,
+    /// Why the last connection or dial attempt ended.
+    pub last_error: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
