@@ -37,19 +37,19 @@
 //!
 //! A snapshot never leaves a gap: the log always starts at or before `snapshot.last_index + 1`
 //! (storage offset `<= last_index`). [`GroupStore::install_snapshot`] writes the snapshot, then
-//! empties the log and restarts it at offset `last_index` (truncating to the log's start, then
-//! renaming the now empty first segment to the new base offset). [`GroupStore::compact`] writes
-//! the snapshot, then deletes the whole segments it covers (weir-storage deletes whole segments
-//! only: entries of a partly covered segment stay on disk but are never served). Open repairs
-//! either operation interrupted by a crash: if the log neither starts right after the snapshot
-//! nor holds the snapshot's last entry with its term, it is restarted after the snapshot (the
-//! snapshot is committed state, so whatever the log held there was uncommitted).
+//! empties the log and restarts it at offset `last_index` (weir-storage `Log::reset_to`, itself
+//! durable and crash-safe: a crash leaves the old log or the empty one). [`GroupStore::compact`]
+//! writes the snapshot, then deletes the whole segments it covers (weir-storage
+//! `Log::remove_segments_below`; whole segments only: entries of a partly covered segment stay on
+//! disk but are never served). Open repairs either operation interrupted by a crash: if the log
+//! neither starts right after the snapshot nor holds the snapshot's last entry with its term, it
+//! is restarted after the snapshot (the snapshot is committed state, so whatever the log held
+//! there was uncommitted); segments the snapshot covers are deleted again.
 //!
-//! weir-storage has no API to delete segments below an offset, nor to start a log at an offset,
-//! so both are done with the log closed, on its documented file names (`<20-digit base>.log` /
-//! `.idx`), and the log is then reopened (recovery scans the active segment). This happens only
-//! when a compaction covers a whole segment, or when a snapshot is installed. A `LogReader`
-//! taken before such a reopen goes stale: the store keeps its own up to date.
+//! The log is opened once, by [`GroupStore::open`], and never closed or reopened while the store
+//! is open: a `LogReader` taken from it stays valid across compactions and installations (it
+//! gets `OutOfRange` below the new start, and the new entries after an installation), and the
+//! log's counters ([`GroupStore::log_stats`]) keep counting.
 //!
 //! # Term cache
 //!
@@ -108,10 +108,6 @@ const SNAPSHOT_META_BYTES_MAX: usize = 64 * 1024;
 const READ_BATCH_BYTES: usize = 1024 * 1024;
 /// Records asked of the log per read.
 const READ_BATCH_RECORDS: usize = 4096;
-/// weir-storage segment file names (docs/STORAGE.md): the base offset in 20 digits.
-const SEGMENT_NAME_DIGITS: usize = 20;
-const SEGMENT_LOG_SUFFIX: &str = ".log";
-const SEGMENT_INDEX_SUFFIX: &str = ".idx";
 
 /// Extracts the leader-assigned timestamp a `Normal` payload carries, if any.
 pub type TimestampOf = fn(&Payload) -> Option<TimestampMs>;
@@ -187,10 +183,10 @@ pub struct GroupStore {
     dir: PathBuf,
     log_dir: PathBuf,
     log_config: LogConfig,
-    /// `None` only after a failed reopen (the store is then poisoned).
-    log: Option<Log>,
-    /// Reader of the current `log` (readers see every appended record: the store commits each
-    /// append without fsync).
+    log: Log,
+    /// Reader of `log` (readers see every appended record: the store commits each append
+    /// without fsync). The log is never closed while the store is open, so this reader, and
+    /// any other taken from the log, stays valid across compactions and installations.
     reader: LogReader,
     timestamp_of: TimestampOf,
     hard_state: HardState,
@@ -266,7 +262,7 @@ impl GroupStore {
             reader: log.reader(),
             storage_start: log.start_offset().get(),
             next: log.next_offset().get(),
-            log: Some(log),
+            log,
             log_dir,
             log_config,
             timestamp_of,
@@ -304,18 +300,16 @@ impl GroupStore {
         self.failure.get().map(String::as_str)
     }
 
-    /// Counters of the underlying log (default values if the log could not be reopened).
+    /// Counters of the underlying log (since the store was opened: the log is never reopened
+    /// while the store is open).
     pub fn log_stats(&self) -> LogStats {
-        self.log.as_ref().map(Log::stats).unwrap_or_default()
+        self.log.stats()
     }
 
     /// Last index known durable (entries up to it survive a crash).
     pub fn synced_index(&self) -> LogIndex {
         let snapshot_index = self.snapshot_index();
-        let synced = self
-            .log
-            .as_ref()
-            .map_or(self.storage_start, |l| l.synced_offset().get());
+        let synced = self.log.synced_offset().get();
         LogIndex(synced.max(snapshot_index))
     }
 
@@ -360,7 +354,7 @@ impl GroupStore {
     /// driver then reports `handle_persisted(last, term(last))`.
     pub fn sync(&mut self) -> Result<LogIndex, GroupStoreError> {
         self.check_writable()?;
-        let log = self.log_mut()?;
+        let log = &mut self.log;
         if log.synced_offset() < log.next_offset() {
             let result = log.sync();
             result.map_err(|e| self.poison(e.into()))?;
@@ -437,9 +431,7 @@ impl GroupStore {
     /// Test hook: the next data fsync of the log fails as if the disk had.
     #[doc(hidden)]
     pub fn inject_fault_next_sync(&mut self) {
-        if let Some(log) = self.log.as_mut() {
-            log.inject_fault_next_sync();
-        }
+        self.log.inject_fault_next_sync();
     }
 
     // ------------------------------------------------------------------ writes
@@ -456,15 +448,6 @@ impl GroupStore {
         tracing::error!(dir = %self.dir.display(), error = %text, "group store poisoned");
         let _ = self.failure.set(text);
         error
-    }
-
-    fn log_mut(&mut self) -> Result<&mut Log, GroupStoreError> {
-        match self.log.as_mut() {
-            Some(log) => Ok(log),
-            None => Err(GroupStoreError::Poisoned(
-                "the group's log is not open".to_owned(),
-            )),
-        }
     }
 
     /// Checks that `entries` (non-empty) can follow the stored log.
@@ -509,7 +492,7 @@ impl GroupStore {
         ends: &[usize],
     ) -> Result<(), GroupStoreError> {
         if from < self.next {
-            self.log_mut()?.truncate_from(Offset(from))?;
+            self.log.truncate_from(Offset(from))?;
             self.next = from;
             self.terms.truncate_from(LogIndex(from + 1));
             self.last_timestamp = match from.checked_sub(1) {
@@ -518,11 +501,7 @@ impl GroupStore {
             };
         }
         let timestamp_of = self.timestamp_of;
-        let Some(log) = self.log.as_mut() else {
-            return Err(GroupStoreError::Poisoned(
-                "the group's log is not open".to_owned(),
-            ));
-        };
+        let log = &mut self.log;
         let mut start = 0;
         for (entry, &end) in entries.iter().zip(ends) {
             let previous = self.last_timestamp;
@@ -565,33 +544,16 @@ impl GroupStore {
         self.delete_covered_segments()
     }
 
-    /// Empties the log and restarts it at offset `base` (the next entry is index `base + 1`).
-    /// Crash-safe: the truncation to the log's start is weir-storage's own (durable, atomic); the
-    /// rename of the then empty first segment is atomic. Either intermediate state (old log,
-    /// empty log at the old start) is repaired by open since the snapshot is already durable.
+    /// Empties the log and restarts it at offset `base` (the next entry is index `base + 1`):
+    /// weir-storage's `reset_to`, durable and crash-safe (a crash leaves the old log or the
+    /// empty one at `base`; open repairs the old one, since the snapshot is already durable).
+    /// The log stays open: readers taken from it keep working.
     fn reset_log_to(&mut self, base: u64) -> Result<(), GroupStoreError> {
-        let start = self.storage_start;
-        self.log_mut()?.truncate_from(Offset(start))?;
-        self.next = start;
+        self.log.reset_to(Offset(base))?;
+        self.storage_start = self.log.start_offset().get();
+        self.next = self.log.next_offset().get();
         self.terms = TermRuns::default();
         self.last_timestamp = TimestampMs::ZERO;
-        if start != base {
-            drop(self.log.take());
-            let from = self
-                .log_dir
-                .join(segment_file_name(start, SEGMENT_LOG_SUFFIX));
-            let to = self
-                .log_dir
-                .join(segment_file_name(base, SEGMENT_LOG_SUFFIX));
-            fs::rename(&from, &to).map_err(|e| io_error(&from, e))?;
-            remove_if_exists(
-                &self
-                    .log_dir
-                    .join(segment_file_name(start, SEGMENT_INDEX_SUFFIX)),
-            )?;
-            sync_dir(&self.log_dir)?;
-            self.reopen_log()?;
-        }
         if self.storage_start != base || self.next != base {
             return Err(GroupStoreError::Inconsistent {
                 dir: self.dir.clone(),
@@ -604,61 +566,37 @@ impl GroupStore {
         Ok(())
     }
 
-    /// Deletes the log segments the snapshot covers entirely (oldest first, `.log` before
-    /// `.idx` as weir-storage's retention does, so a crash leaves a contiguous log and at most an
-    /// orphan index that open removes), then reopens the log.
+    /// Deletes the log segments the snapshot covers entirely (weir-storage's
+    /// `remove_segments_below`: oldest first, `.log` before `.idx`, so a crash leaves a
+    /// contiguous log and at most an orphan index that open removes; durable before it returns).
+    /// A segment holding offsets `b..e` is covered iff `e <= last_index` (offset
+    /// `last_index - 1` is the snapshot's last entry). The log stays open.
     fn delete_covered_segments(&mut self) -> Result<(), GroupStoreError> {
         if self.snapshot.is_none() {
             return Ok(());
         }
         let covered = self.snapshot_index();
-        let bases = list_segment_bases(&self.log_dir)?;
-        // Segment j holds offsets bases[j]..bases[j+1]: covered iff bases[j+1] <= covered
-        // (offset covered - 1 is the snapshot's last entry).
-        let doomed: Vec<u64> = bases
-            .windows(2)
-            .take_while(|w| w[1] <= covered)
-            .map(|w| w[0])
-            .collect();
-        if doomed.is_empty() {
-            return Ok(());
-        }
-        let new_start = bases[doomed.len()];
-        let next = self.next;
-        drop(self.log.take());
-        for &base in &doomed {
-            for suffix in [SEGMENT_LOG_SUFFIX, SEGMENT_INDEX_SUFFIX] {
-                remove_if_exists(&self.log_dir.join(segment_file_name(base, suffix)))?;
-            }
-        }
-        sync_dir(&self.log_dir)?;
-        self.reopen_log()?;
-        if self.storage_start != new_start || self.next != next {
+        let report = self.log.remove_segments_below(Offset(covered))?;
+        self.storage_start = report.start_offset.get();
+        if self.storage_start > covered || self.log.next_offset().get() != self.next {
             return Err(GroupStoreError::Inconsistent {
                 dir: self.dir.clone(),
                 reason: format!(
-                    "after deleting {} segments the log holds offsets {}..{}, expected {new_start}..{next}",
-                    doomed.len(),
+                    "after deleting {} segments the log holds offsets {}..{}, expected a start at or below {covered} and the end at {}",
+                    report.deleted_segments,
                     self.storage_start,
+                    self.log.next_offset(),
                     self.next
                 ),
             });
         }
-        tracing::info!(
-            deleted_segments = doomed.len(),
-            start_offset = new_start,
-            "deleted log segments covered by the snapshot"
-        );
-        Ok(())
-    }
-
-    fn reopen_log(&mut self) -> Result<(), GroupStoreError> {
-        drop(self.log.take());
-        let log = Log::open(&self.log_dir, self.log_config.clone())?;
-        self.reader = log.reader();
-        self.storage_start = log.start_offset().get();
-        self.next = log.next_offset().get();
-        self.log = Some(log);
+        if report.deleted_segments > 0 {
+            tracing::info!(
+                deleted_segments = report.deleted_segments,
+                start_offset = report.start_offset.get(),
+                "deleted log segments covered by the snapshot"
+            );
+        }
         Ok(())
     }
 
@@ -833,7 +771,7 @@ impl LogStore for GroupStore {
     fn entries(&self, lo: LogIndex, hi_exclusive: LogIndex, max_bytes: usize) -> Vec<Entry> {
         let mut out = Vec::new();
         let hi = hi_exclusive.min(self.last_index().next());
-        if self.log.is_none() || lo >= hi || lo < self.first_index() {
+        if lo >= hi || lo < self.first_index() {
             return out;
         }
         let mut bytes = 0usize;
@@ -964,14 +902,6 @@ fn sync_dir(dir: &Path) -> Result<(), GroupStoreError> {
     File::open(dir)
         .and_then(|d| d.sync_all())
         .map_err(|e| io_error(dir, e))
-}
-
-fn remove_if_exists(path: &Path) -> Result<(), GroupStoreError> {
-    match fs::remove_file(path) {
-        Ok(()) => Ok(()),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(io_error(path, e)),
-    }
 }
 
 /// Creates `dir` if missing and makes its name durable.
@@ -1166,34 +1096,6 @@ fn read_snapshot(path: &Path) -> Result<Option<Snapshot>, GroupStoreError> {
     Ok(Some(Snapshot { meta, data }))
 }
 
-fn segment_file_name(base: u64, suffix: &str) -> String {
-    format!("{base:0width$}{suffix}", width = SEGMENT_NAME_DIGITS)
-}
-
-/// Base offsets of the log's segments (its `.log` files), ascending.
-fn list_segment_bases(log_dir: &Path) -> Result<Vec<u64>, GroupStoreError> {
-    let mut bases = Vec::new();
-    let listing = fs::read_dir(log_dir).map_err(|e| io_error(log_dir, e))?;
-    for entry in listing {
-        let entry = entry.map_err(|e| io_error(log_dir, e))?;
-        let name = entry.file_name();
-        let Some(digits) = name
-            .to_str()
-            .and_then(|n| n.strip_suffix(SEGMENT_LOG_SUFFIX))
-        else {
-            continue;
-        };
-        if digits.len() == SEGMENT_NAME_DIGITS
-            && digits.bytes().all(|b| b.is_ascii_digit())
-            && let Ok(base) = digits.parse()
-        {
-            bases.push(base);
-        }
-    }
-    bases.sort_unstable();
-    Ok(bases)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1291,13 +1193,5 @@ mod tests {
         )
         .unwrap();
         assert_eq!(decode_record(&buf).unwrap(), (Term(9), payload));
-    }
-
-    #[test]
-    fn segment_names_match_weir_storage() {
-        assert_eq!(
-            segment_file_name(1234, SEGMENT_LOG_SUFFIX),
-            "00000000000000001234.log"
-        );
     }
 }

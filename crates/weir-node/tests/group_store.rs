@@ -704,6 +704,57 @@ fn compaction_moves_first_index_deletes_covered_segments_and_keeps_the_snapshot_
 }
 
 #[test]
+fn compaction_and_installation_keep_the_log_open() {
+    // `log_stats()` counts since the log was opened: a reopen would reset `appends` to 0.
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = open(dir.path());
+    store.append(&run(1, 200, 1)).unwrap();
+    store.sync().unwrap();
+    let segments_before = segment_files(dir.path()).len();
+    assert_eq!(store.log_stats().appends, 200);
+    let fsyncs = store.log_stats().fsyncs;
+    store.compact(snapshot(150, 1, b"150")).unwrap();
+    assert!(segment_files(dir.path()).len() < segments_before);
+    assert_eq!(
+        store.log_stats().appends,
+        200,
+        "compaction did not reopen the log"
+    );
+    assert!(
+        store.log_stats().fsyncs > fsyncs,
+        "the deletion was made durable"
+    );
+    assert_eq!(
+        store.log_stats().segments,
+        segment_files(dir.path()).len() as u64
+    );
+    assert_eq!(all_entries(&store), run(151, 200, 1));
+    store.append(&run(201, 210, 2)).unwrap();
+    assert_eq!(store.log_stats().appends, 210);
+    let fsyncs = store.log_stats().fsyncs;
+    store.install_snapshot(snapshot(300, 3, b"300")).unwrap();
+    assert_eq!(
+        store.log_stats().appends,
+        210,
+        "installation did not reopen the log"
+    );
+    assert!(
+        store.log_stats().fsyncs > fsyncs,
+        "the reset was made durable"
+    );
+    assert_eq!(store.log_stats().segments, 1);
+    assert_eq!(store.log_stats().bytes, 0);
+    store.append(&run(301, 305, 3)).unwrap();
+    assert_eq!(store.log_stats().appends, 215);
+    assert_eq!(all_entries(&store), run(301, 305, 3));
+    assert_eq!(store.failure(), None);
+    drop(store);
+    let store = open(dir.path());
+    assert_eq!(store.first_index(), LogIndex(301));
+    assert_eq!(all_entries(&store), run(301, 305, 3));
+}
+
+#[test]
 fn open_finishes_a_snapshot_installation_interrupted_by_a_crash() {
     // The snapshot is durable first; a crash before the log is reset leaves the old log.
     let make = |snap: Snapshot| {

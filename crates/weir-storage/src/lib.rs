@@ -4,7 +4,10 @@
 //! each with a sparse offset index (`<base offset>.idx`). One [`Log`] writes: it appends, then
 //! makes a batch durable and visible with one [`Log::commit`] (group commit). Any number of
 //! [`LogReader`]s read committed records concurrently. [`Log::truncate_from`] removes a suffix
-//! (a Raft follower dropping entries that conflict with its leader's). See `docs/STORAGE.md`
+//! (a Raft follower dropping entries that conflict with its leader's);
+//! [`Log::remove_segments_below`] deletes whole segments below an offset (Raft compaction) and
+//! [`Log::reset_to`] empties the log to restart it at an offset (installing a snapshot), both
+//! without closing the log, so readers stay valid. See `docs/STORAGE.md`
 //! for the byte-level format, the fsync policies, truncation, and the recovery rules.
 //!
 //! Nothing here is async: the node runs the writer on a thread of its own.

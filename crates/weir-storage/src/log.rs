@@ -1,5 +1,5 @@
 //! The writer side of a log: append, group commit, fsync policy, segment roll, retention,
-//! suffix truncation, poisoning.
+//! compaction by offset, suffix truncation, reset to an offset, poisoning.
 
 use crate::config::{FsyncPolicy, LogConfig};
 use crate::error::{IoAt, IoResultExt, LogError, OpenError};
@@ -8,7 +8,9 @@ use crate::reader::{LogReader, Shared, View};
 use crate::record::{encode_header, record_bytes};
 use crate::recovery::{RecoveryReport, recover};
 use crate::segment::{SealedMeta, Segment, create_segment, sync_dir};
-use crate::truncate::{Marker, plan_cut, remove_marker, write_marker};
+use crate::truncate::{
+    Marker, plan_cut, remove_marker, remove_reset_marker, write_marker, write_reset_marker,
+};
 use std::fs::{self, File, OpenOptions, TryLockError};
 use std::io;
 use std::os::unix::fs::FileExt;
@@ -35,7 +37,7 @@ pub struct LogStats {
     pub appends: u64,
 }
 
-/// What one [`Log::apply_retention`] pass deleted.
+/// What one [`Log::apply_retention`] or [`Log::remove_segments_below`] call deleted.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct RetentionReport {
     pub deleted_segments: u64,
@@ -63,7 +65,7 @@ pub struct Log {
     committed_offset: Offset,
     /// Records below this are durable.
     synced_offset: Offset,
-    /// Of the view readers see: bumped by every truncation (see [`View::generation`]).
+    /// Of the view readers see: bumped by every truncation and reset (see [`View::generation`]).
     generation: u64,
     last_sync: Instant,
     /// Text of the write or fsync error that stopped this log.
@@ -72,6 +74,8 @@ pub struct Log {
     /// Test hook: the truncation stops (as if the process died) before its change on disk with
     /// this number.
     fault_truncation_step: Option<u32>,
+    /// Test hook: the same for [`Log::reset_to`].
+    fault_reset_step: Option<u32>,
     stats: LogStats,
     recovery: RecoveryReport,
     /// Holds the directory's lock for as long as the log is open.
@@ -222,6 +226,7 @@ impl Log {
             poisoned: None,
             fault_next_sync: false,
             fault_truncation_step: None,
+            fault_reset_step: None,
             stats: LogStats {
                 fsyncs,
                 ..LogStats::default()
@@ -444,6 +449,47 @@ impl Log {
             total_bytes -= meta.size_bytes;
             count += 1;
         }
+        self.delete_oldest_segments(count, "retention")
+    }
+
+    /// Deletes the oldest whole segments whose records are all below `offset`: every segment
+    /// whose successor starts at or below `offset` (Raft compaction: the records below `offset`
+    /// are covered by a snapshot). Never deletes the active segment, nor a segment holding
+    /// records not yet committed. The start offset moves up to the base offset of the first
+    /// remaining segment, which may still hold records below `offset` (only whole segments go);
+    /// reads below it get [`crate::ReadError::OutOfRange`], also from readers taken earlier.
+    ///
+    /// Like retention: the segment list readers see is published first, then the files are
+    /// deleted oldest first, `.log` before `.idx` (a crash leaves a contiguous log and at most
+    /// an orphan index, removed at open), then the directory is fsynced, so the deletion is
+    /// durable before this returns. A failure to delete a file is returned but does not poison
+    /// the log (the segment is found again at the next open, a valid log still).
+    pub fn remove_segments_below(&mut self, offset: Offset) -> Result<RetentionReport, LogError> {
+        self.check_poisoned()?;
+        let committed = self.committed_offset;
+        let count = self
+            .segments
+            .iter()
+            .skip(1)
+            .take_while(|successor| {
+                successor.base_offset <= offset && successor.base_offset <= committed
+            })
+            .count();
+        let report = self.delete_oldest_segments(count, "compaction")?;
+        if count > 0 {
+            sync_dir(&self.dir).map_err(LogError::from)?;
+            self.stats.fsyncs += 1;
+        }
+        Ok(report)
+    }
+
+    /// Deletes the `count` oldest segments (all sealed): the view first, then the files.
+    fn delete_oldest_segments(
+        &mut self,
+        count: usize,
+        why: &'static str,
+    ) -> Result<RetentionReport, LogError> {
+        debug_assert!(count < self.segments.len());
         let mut report = RetentionReport {
             start_offset: self.start_offset(),
             ..RetentionReport::default()
@@ -469,7 +515,8 @@ impl Log {
             deleted_segments = report.deleted_segments,
             deleted_bytes = report.deleted_bytes,
             start_offset = report.start_offset.get(),
-            "retention deleted segments"
+            why,
+            "deleted segments"
         );
         let mut first_error = None;
         for segment in &deleted {
@@ -695,6 +742,129 @@ impl Log {
         Ok(())
     }
 
+    /// Empties the log and restarts it so that the next append gets `offset` (a Raft follower
+    /// installing a snapshot: everything it stored is replaced). `offset` may be anywhere:
+    /// below, inside or beyond the current log. Afterwards the log is one empty segment
+    /// `<offset>.log`, and `start_offset == next_offset == committed_offset == synced_offset
+    /// == offset`; records appended but not committed are dropped too. A no-op when the log is
+    /// already exactly that.
+    ///
+    /// Durable before it returns, and crash-safe: after a crash during the call, open yields
+    /// either the old log or the empty log at `offset` (see the ordering argument on
+    /// `reset_inner` and `docs/STORAGE.md`).
+    ///
+    /// Readers, including those taken earlier, are never disturbed: the new view is published
+    /// with a new generation before any file changes, so a read returns the old log's records
+    /// (if it was done before), or else [`crate::ReadError::OutOfRange`] below `offset` and
+    /// the new records from `offset` on, never a mix.
+    ///
+    /// An I/O error poisons the log like any write error; reopening it finishes the reset or
+    /// leaves the old log.
+    pub fn reset_to(&mut self, offset: Offset) -> Result<(), LogError> {
+        self.check_poisoned()?;
+        if self.segments.len() == 1 && self.start_offset() == offset && self.next_offset == offset {
+            return Ok(());
+        }
+        let _span =
+            tracing::info_span!("log_reset", dir = %self.dir.display(), offset = offset.get())
+                .entered();
+        let result = self.reset_inner(offset);
+        result.map_err(|e| self.poison(e))
+    }
+
+    // The order of operations, and why a crash at any point leaves either the old log or the
+    // empty log at `offset` (never a mix, never a log open refuses):
+    //
+    // 1. Readers first: the new view (one empty segment at `offset`, committed offset `offset`,
+    //    a new generation) is published before any file changes. A read on it touches no file
+    //    (it returns nothing at `offset` and OutOfRange elsewhere); a read that began on an
+    //    older view finds the generation changed when it is done and starts over on the new one.
+    // 2. The marker `reset.pending` (the offset, CRC-protected; `truncate.rs`) is written and
+    //    made durable, file then directory: that is the commit point. Nothing else has changed
+    //    before it, so a crash before it (or while writing it: a torn marker, deleted at open)
+    //    leaves the old log; once it is durable, open finishes the reset before anything else.
+    // 3. Every old segment except one named `<offset>.log` is deleted, highest first, `.log`
+    //    before `.idx`. Every state in between is a prefix of the old log, possibly followed by
+    //    a gap and the new (or an old) `<offset>.log`: open would call such a gap corruption,
+    //    which is why it never looks at the segments while a valid marker is there.
+    // 4. `<offset>.log` and `.idx` are created, or emptied if an old segment had that name
+    //    (`create + truncate`), the `.log` fsynced and the directory fsynced: the empty log at
+    //    `offset` is now durable without the marker.
+    // 5. The marker is deleted and the directory fsynced, before this returns: no later crash
+    //    can re-apply the reset to records appended after it.
+    // Open's finishing steps (`recovery::resume_reset`) are 3 to 5 again, each idempotent.
+    // Cost: five fsyncs (marker file and directory, segment, directory, marker deletion).
+    fn reset_inner(&mut self, offset: Offset) -> Result<(), IoAt> {
+        let fault = self.fault_reset_step.take();
+        let mut steps = 0;
+        let old = Arc::clone(&self.segments);
+        let removed = self
+            .next_offset
+            .get()
+            .saturating_sub(self.start_offset().get());
+        // A new object even if an old segment has this base: reads that began on an older view
+        // keep theirs.
+        let segment = Arc::new(Segment::new(&self.dir, offset, Vec::new()));
+        self.segments = Arc::new(vec![Arc::clone(&segment)]);
+        self.next_offset = offset;
+        self.committed_offset = offset;
+        self.generation += 1;
+        self.publish();
+
+        crash_point(fault, &mut steps, &self.dir)?;
+        self.stats.fsyncs += write_reset_marker(&self.dir, offset)?;
+        for doomed in old.iter().rev().filter(|s| s.base_offset != offset) {
+            for path in [&doomed.log_path, &doomed.index_path] {
+                crash_point(fault, &mut steps, &self.dir)?;
+                match fs::remove_file(path) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                    Err(e) => return Err(e).at(path),
+                }
+            }
+        }
+        crash_point(fault, &mut steps, &self.dir)?;
+        let log_file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&segment.log_path)
+            .at(&segment.log_path)?;
+        crash_point(fault, &mut steps, &self.dir)?;
+        let index_file = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&segment.index_path)
+            .at(&segment.index_path)?;
+        crash_point(fault, &mut steps, &self.dir)?;
+        // Dropping the old active segment drops its unwritten buffers with it.
+        self.active = Active::new(
+            Arc::clone(&segment),
+            log_file,
+            index_file,
+            IndexBuilder::new(self.config.index_interval_bytes),
+        );
+        self.sync_active_file()?;
+        crash_point(fault, &mut steps, &self.dir)?;
+        sync_dir(&self.dir)?;
+        self.stats.fsyncs += 1;
+        crash_point(fault, &mut steps, &self.dir)?;
+        self.stats.fsyncs += remove_reset_marker(&self.dir)?;
+
+        self.sealed_bytes = 0;
+        self.synced_offset = offset;
+        self.last_sync = Instant::now();
+        tracing::info!(
+            offset = offset.get(),
+            removed_records = removed,
+            deleted_segments = old.len(),
+            "log reset"
+        );
+        Ok(())
+    }
+
     pub fn stats(&self) -> LogStats {
         LogStats {
             segments: self.segments.len() as u64,
@@ -714,6 +884,13 @@ impl Log {
     #[cfg(test)]
     pub(crate) fn inject_fault_in_truncation(&mut self, step: u32) {
         self.fault_truncation_step = Some(step);
+    }
+
+    /// Test hook: the next [`Log::reset_to`] fails before its change on disk number `step`
+    /// (0-based), leaving the files as a process crash at that point would.
+    #[cfg(test)]
+    pub(crate) fn inject_fault_in_reset(&mut self, step: u32) {
+        self.fault_reset_step = Some(step);
     }
 
     #[cfg(test)]
@@ -760,8 +937,8 @@ impl Drop for Log {
     }
 }
 
-/// Test hook of [`Log::truncate_from`]: counts its changes on disk and fails before the one
-/// numbered `fault`, as if the process had died there.
+/// Test hook of [`Log::truncate_from`] and [`Log::reset_to`]: counts their changes on disk and
+/// fails before the one numbered `fault`, as if the process had died there.
 fn crash_point(fault: Option<u32>, steps: &mut u32, dir: &Path) -> Result<(), IoAt> {
     let step = *steps;
     *steps += 1;
@@ -769,7 +946,7 @@ fn crash_point(fault: Option<u32>, steps: &mut u32, dir: &Path) -> Result<(), Io
         return Err(IoAt {
             path: dir.to_owned(),
             source: io::Error::other(format!(
-                "injected fault: crash before truncation step {step}"
+                "injected fault: crash before truncation/reset step {step}"
             )),
         });
     }

@@ -1,7 +1,8 @@
 //! What [`crate::Log::open`] does to a directory before the log accepts appends: find the
 //! segments, check sealed ones cheaply (their index and last records), scan the active one in
-//! full, truncate a torn tail, refuse corruption. First of all, finish a truncation
-//! ([`crate::Log::truncate_from`]) that a crash interrupted.
+//! full, truncate a torn tail, refuse corruption. First of all, finish a reset
+//! ([`crate::Log::reset_to`]) or a truncation ([`crate::Log::truncate_from`]) that a crash
+//! interrupted.
 //!
 //! Apart from finishing such a truncation (a change that was already decided and recorded),
 //! every check runs before anything on disk is changed, so a refused log is left as it was.
@@ -14,7 +15,10 @@ use crate::segment::{
     INDEX_SUFFIX, LOG_SUFFIX, Scan, SealedMeta, Segment, create_segment, find_record_after,
     parse_file_name, scan_records, sync_dir,
 };
-use crate::truncate::{MARKER_FILE_NAME, Marker, remove_marker};
+use crate::truncate::{
+    MARKER_FILE_NAME, Marker, RESET_MARKER_FILE_NAME, parse_reset_marker, remove_marker,
+    remove_reset_marker,
+};
 use std::collections::BTreeSet;
 use std::fs::{self, File, OpenOptions};
 use std::io;
@@ -45,6 +49,9 @@ pub struct RecoveryReport {
     /// before anything else: the offset it truncated from (now `next_offset`, unless a torn
     /// tail was cut below it too).
     pub resumed_truncation: Option<Offset>,
+    /// A [`crate::Log::reset_to`] that a crash interrupted, finished before anything else: the
+    /// offset the log was restarted at (now both the start and the next offset).
+    pub resumed_reset: Option<Offset>,
 }
 
 /// A torn tail removed from the active segment.
@@ -84,8 +91,12 @@ pub(crate) struct Recovered {
 
 pub(crate) fn recover(dir: &Path, config: &LogConfig) -> Result<Recovered, OpenError> {
     let mut fsyncs = 0;
+    // A reset supersedes everything before it (and no truncation can follow one before it is
+    // finished: the log that crashed during a reset was never written to again).
+    let resumed_reset = resume_reset(dir, &mut fsyncs)?;
     let mut report = RecoveryReport {
         resumed_truncation: resume_truncation(dir, &mut fsyncs)?,
+        resumed_reset,
         ..RecoveryReport::default()
     };
     let listing = list_segments(dir)?;
@@ -286,6 +297,67 @@ fn resume_truncation(dir: &Path, fsyncs: &mut u64) -> Result<Option<Offset>, Ope
     sync_dir(dir)?;
     *fsyncs += 2 + remove_marker(dir)?;
     Ok(Some(from))
+}
+
+/// Finishes a [`crate::Log::reset_to`] that a crash interrupted (its marker, `reset.pending`, is
+/// still there; see `truncate.rs`): deletes every segment but `<offset>.log`, highest first
+/// (`.log` before `.idx`), creates or empties `<offset>.log` and its index, syncs them and the
+/// directory, and removes the marker. Returns the offset the log restarts at. Every step is
+/// idempotent, so a crash during this is finished by the next open just the same.
+///
+/// Whatever segments the crash left (a prefix of the old log, a gap before `<offset>.log`, only
+/// the new segment, nothing at all), a valid marker decides: they are never checked for
+/// contiguity, so a half-finished reset is never mistaken for a missing segment. A marker that
+/// does not parse was torn while being written, before any segment was touched: it is deleted
+/// and the old log is left as it was.
+fn resume_reset(dir: &Path, fsyncs: &mut u64) -> Result<Option<Offset>, OpenError> {
+    let marker_path = dir.join(RESET_MARKER_FILE_NAME);
+    let bytes = match fs::read(&marker_path) {
+        Ok(bytes) => bytes,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(Err(e).at(&marker_path)?),
+    };
+    let Some(offset) = parse_reset_marker(&bytes) else {
+        tracing::warn!(
+            file = %marker_path.display(),
+            "deleting an incomplete reset marker: the reset had not started"
+        );
+        *fsyncs += remove_reset_marker(dir)?;
+        return Ok(None);
+    };
+    tracing::warn!(
+        offset = offset.get(),
+        "finishing a log reset interrupted by a crash"
+    );
+    let listing = list_segments(dir)?;
+    for &base in listing.bases.iter().rev().filter(|&&b| b != offset) {
+        let doomed = Segment::new(dir, base, Vec::new());
+        for path in [&doomed.log_path, &doomed.index_path] {
+            match fs::remove_file(path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(Err(e).at(path)?),
+            }
+        }
+    }
+    let target = Segment::new(dir, offset, Vec::new());
+    for path in [&target.log_path, &target.index_path] {
+        let file = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(path)
+            .at(path)?;
+        if path == &target.log_path {
+            file.sync_all().at(path)?;
+            *fsyncs += 1;
+        }
+    }
+    sync_dir(dir)?;
+    // A truncation marker cannot be pending under a reset one; if one were, it would describe
+    // segments that are gone.
+    *fsyncs += 1 + remove_marker(dir)? + remove_reset_marker(dir)?;
+    Ok(Some(offset))
 }
 
 #[derive(Debug)]

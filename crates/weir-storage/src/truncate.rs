@@ -1,5 +1,6 @@
 //! Helpers of [`crate::Log::truncate_from`]: where a segment is cut, and the marker file that
-//! makes a truncation spanning several segments atomic across a crash.
+//! makes a truncation spanning several segments atomic across a crash. Also the marker of
+//! [`crate::Log::reset_to`], which works the same way.
 //!
 //! The marker (`truncation.pending`, 36 bytes, all integers little endian):
 //! ```text
@@ -68,9 +69,15 @@ impl Marker {
 /// Writes the marker and makes it durable (the file's contents, then its name). Returns the
 /// fsyncs made.
 pub(crate) fn write_marker(dir: &Path, marker: &Marker) -> Result<u64, IoAt> {
-    let path = dir.join(MARKER_FILE_NAME);
+    write_durably(dir, MARKER_FILE_NAME, &marker.encode())
+}
+
+/// Creates `dir/name` holding `bytes` and makes it durable (the file's contents, then its name).
+/// Returns the fsyncs made.
+fn write_durably(dir: &Path, name: &str, bytes: &[u8]) -> Result<u64, IoAt> {
+    let path = dir.join(name);
     let file = File::create(&path).at(&path)?;
-    file.write_all_at(&marker.encode(), 0).at(&path)?;
+    file.write_all_at(bytes, 0).at(&path)?;
     file.sync_all().at(&path)?;
     sync_dir(dir)?;
     Ok(2)
@@ -79,7 +86,12 @@ pub(crate) fn write_marker(dir: &Path, marker: &Marker) -> Result<u64, IoAt> {
 /// Deletes the marker and makes that durable: after this, a crash can no longer redo the
 /// truncation (which would cut records appended after it). Returns the fsyncs made.
 pub(crate) fn remove_marker(dir: &Path) -> Result<u64, IoAt> {
-    let path = dir.join(MARKER_FILE_NAME);
+    remove_durably(dir, MARKER_FILE_NAME)
+}
+
+/// Deletes `dir/name` (if it is there) and fsyncs the directory. Returns the fsyncs made.
+fn remove_durably(dir: &Path, name: &str) -> Result<u64, IoAt> {
+    let path = dir.join(name);
     match fs::remove_file(&path) {
         Ok(()) => {}
         Err(e) if e.kind() == io::ErrorKind::NotFound => {}
@@ -87,6 +99,47 @@ pub(crate) fn remove_marker(dir: &Path) -> Result<u64, IoAt> {
     }
     sync_dir(dir)?;
     Ok(1)
+}
+
+/// The marker of a [`crate::Log::reset_to`] (`reset.pending`, 20 bytes, little endian):
+/// `| magic "weirrset" | offset u64 | crc32 u32 of the 16 bytes before |`. It says: "the log is
+/// being emptied to restart at `offset`: every segment other than `<offset>.log` goes, and
+/// `<offset>.log` (created if missing) is emptied". Synced (file and directory) before any
+/// segment is touched, deleted (and the directory synced) only once the empty log is durable:
+/// at open a valid one means "finish this", an invalid one (torn) means nothing was touched.
+pub(crate) const RESET_MARKER_FILE_NAME: &str = "reset.pending";
+const RESET_MAGIC: [u8; 8] = *b"weirrset";
+const RESET_MARKER_BYTES: usize = 20;
+
+pub(crate) fn encode_reset_marker(offset: Offset) -> [u8; RESET_MARKER_BYTES] {
+    let mut out = [0u8; RESET_MARKER_BYTES];
+    out[0..8].copy_from_slice(&RESET_MAGIC);
+    out[8..16].copy_from_slice(&offset.get().to_le_bytes());
+    let crc = crc32fast::hash(&out[..16]);
+    out[16..20].copy_from_slice(&crc.to_le_bytes());
+    out
+}
+
+/// The offset of a reset marker; `None` unless `bytes` is exactly one with a valid CRC.
+pub(crate) fn parse_reset_marker(bytes: &[u8]) -> Option<Offset> {
+    if bytes.len() != RESET_MARKER_BYTES
+        || bytes[0..8] != RESET_MAGIC
+        || u32_at(bytes, 16) != crc32fast::hash(&bytes[..16])
+    {
+        return None;
+    }
+    Some(Offset(u64_at(bytes, 8)))
+}
+
+/// Writes the reset marker and makes it durable. Returns the fsyncs made.
+pub(crate) fn write_reset_marker(dir: &Path, offset: Offset) -> Result<u64, IoAt> {
+    write_durably(dir, RESET_MARKER_FILE_NAME, &encode_reset_marker(offset))
+}
+
+/// Deletes the reset marker and makes that durable: after this, a crash can no longer redo the
+/// reset (which would delete records appended after it). Returns the fsyncs made.
+pub(crate) fn remove_reset_marker(dir: &Path) -> Result<u64, IoAt> {
+    remove_durably(dir, RESET_MARKER_FILE_NAME)
 }
 
 /// How a segment is cut so that it ends just before `from`.

@@ -1,6 +1,7 @@
 //! Tests of the whole crate through its public API (plus a few internal probes).
 
 mod basics;
+mod compaction;
 mod concurrency;
 mod faults;
 mod model;
