@@ -17,6 +17,7 @@
 pub mod certs;
 mod clock;
 pub mod config;
+pub mod group;
 pub mod group_store;
 pub mod peer;
 pub mod server;

@@ -1,0 +1,582 @@
+//! The group runtime: the thread that drives ONE Raft group ([`weir_raft::Raft`] over a
+//! [`GroupStore`]) by the core's driver contract.
+//!
+//! ```text
+//! deliver / propose / stop ──► std mpsc ──► group thread ──► Raft<GroupStore>
+//!                                              │ outputs, in queue order:
+//!                                              │  PersistHardState → store.set_hard_state (durable)
+//!                                              │  PersistEntries   → store.append (written)
+//!                                              │  Send             → Transport::send (best effort)
+//!                                              │  Apply            → on_apply, proposals answered
+//!                                              │  PersistSnapshot  → store.install_snapshot
+//!                                              └─ end of round: ONE store.sync() → handle_persisted
+//! ```
+//!
+//! One round: wait for an input until the core's next timeout (`recv_timeout`), take up to
+//! [`GROUP_INPUT_BATCH_MAX`] more queued inputs without blocking, executing each one's outputs
+//! right after it (writes without fsync, sends, applies), then fsync once for everything
+//! appended in the round (group commit) and report it with `handle_persisted`, draining again
+//! until a drain appends nothing more. Followers acknowledge only after `handle_persisted`, so
+//! sending before the round's fsync is what the contract allows.
+//!
+//! A proposal is answered once an Apply decides it: the entry at its index has its term (`Ok`)
+//! or another term (`Lost`). Losing leadership does not answer it; stopping does (`Stopped`).
+//!
+//! A storage failure is final for this runtime: the failure is recorded in the status, pending
+//! proposals fail with `Storage`, the core is no longer called (nothing more is sent) and every
+//! later proposal gets `Storage`. Reopen the store (restart the group) to recover from disk.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::sync::mpsc;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use weir_raft::{
+    Config, Entry, Envelope, LogIndex, LogStore, Membership, Millis, NodeId, Output, ProposeError,
+    Raft, Role, Term,
+};
+
+use crate::group_store::GroupStore;
+use crate::peer::{GroupId, PeerNet};
+
+/// Most inputs handled in one round (one fsync) before the thread fsyncs and reports.
+pub const GROUP_INPUT_BATCH_MAX: usize = 1024;
+/// Most proposals waiting for their Apply; beyond it `propose` answers `Busy`.
+pub const PROPOSALS_PENDING_MAX: usize = weir_raft::UNSTABLE_ENTRIES_MAX;
+/// Longest the thread blocks when the core has no timer (a learner, a failed group).
+const IDLE_WAIT_MS: u64 = 1_000;
+
+/// Where the group's messages go: the peer network in a node, an in-memory router in tests.
+pub trait Transport: Send + Sync + 'static {
+    /// Best effort: the core tolerates loss, duplication and reordering.
+    fn send(&self, group: GroupId, envelope: Envelope);
+}
+
+impl Transport for PeerNet {
+    fn send(&self, group: GroupId, envelope: Envelope) {
+        // A dropped message (queue full, unknown peer) is counted by PeerNet; Raft resends.
+        let _ = PeerNet::send(self, group, envelope);
+    }
+}
+
+/// What one group runs with. `raft.random_seed` is the caller's (fixed per node in tests).
+#[derive(Clone, Debug)]
+pub struct GroupConfig {
+    pub group: GroupId,
+    pub raft: Config,
+    /// Membership if the store has none (every founding member passes the same set).
+    pub initial: Membership,
+}
+
+/// Why a proposal did not (or may not have) become a committed entry.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ProposalError {
+    #[error("not the leader (leader hint: {leader_hint:?})")]
+    NotLeader { leader_hint: Option<NodeId> },
+    /// Another term's entry was committed at the proposal's index: it will never commit.
+    #[error("the proposal was replaced by another leader's entry")]
+    Lost,
+    /// The group stopped before the proposal was decided (it may still commit later).
+    #[error("the group stopped")]
+    Stopped,
+    /// Too many proposals pending (here or in the core): retry later.
+    #[error("too many proposals pending")]
+    Busy,
+    /// The group's storage failed; the group no longer takes part.
+    #[error("group storage failed: {0}")]
+    Storage(String),
+    /// Refused by the core for another reason (too large, leadership transfer in progress).
+    #[error("proposal refused: {0}")]
+    Rejected(ProposeError),
+    /// A snapshot installed over the proposal's index: whether it committed is unknown.
+    #[error("outcome unknown: a snapshot replaced the log at the proposal's index")]
+    Unknown,
+}
+
+/// Answer to one proposal, called once, from the group thread.
+pub type ProposalReply = Box<dyn FnOnce(Result<(LogIndex, Term), ProposalError>) + Send>;
+/// The state machine: committed entries, in order, each once (all payload kinds).
+pub type OnApply = Box<dyn FnMut(&[Entry]) + Send>;
+
+/// The group as last seen by its thread (updated after every round).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GroupStatus {
+    pub group: GroupId,
+    pub id: NodeId,
+    pub role: Role,
+    pub term: Term,
+    pub leader: Option<NodeId>,
+    pub commit_index: LogIndex,
+    pub applied_index: LogIndex,
+    pub last_index: LogIndex,
+    pub persisted_index: LogIndex,
+    /// Leader only: each peer's match index.
+    pub peer_match: BTreeMap<NodeId, LogIndex>,
+    /// Proposals waiting for their Apply.
+    pub pending_proposals: usize,
+    /// `store.sync()` calls made (each at most one fsync): group commit makes it far fewer
+    /// than the entries appended.
+    pub syncs: u64,
+    /// Storage failure that stopped the group.
+    pub failure: Option<String>,
+    /// The thread has exited.
+    pub stopped: bool,
+}
+
+enum Input {
+    Deliver(Envelope),
+    Propose(Vec<u8>, ReplyOnce),
+    Stop,
+}
+
+/// A proposal's reply, answered exactly once: dropped unanswered (the group stopped with it
+/// queued or pending) it answers `Stopped`.
+struct ReplyOnce(Option<ProposalReply>);
+
+impl ReplyOnce {
+    fn send(mut self, result: Result<(LogIndex, Term), ProposalError>) {
+        if let Some(reply) = self.0.take() {
+            reply(result);
+        }
+    }
+}
+
+impl Drop for ReplyOnce {
+    fn drop(&mut self) {
+        if let Some(reply) = self.0.take() {
+            reply(Err(ProposalError::Stopped));
+        }
+    }
+}
+
+struct Shared {
+    status: Mutex<GroupStatus>,
+    changed: Condvar,
+}
+
+struct Inner {
+    group: GroupId,
+    tx: mpsc::Sender<Input>,
+    shared: Arc<Shared>,
+    thread: Mutex<Option<JoinHandle<()>>>,
+}
+
+/// A running group. Cheap to clone; every clone talks to the same thread.
+#[derive(Clone)]
+pub struct GroupHandle {
+    inner: Arc<Inner>,
+}
+
+impl fmt::Debug for GroupHandle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("GroupHandle")
+            .field("group", &self.inner.group)
+            .finish_non_exhaustive()
+    }
+}
+
+impl GroupHandle {
+    /// Builds the core from `store` (restoring its hard state and log) and starts the thread.
+    /// `on_apply` gets every committed entry from the store's snapshot on (after a restart, the
+    /// whole retained log again). Panics on an invalid `config.raft` (as `Raft::new`).
+    pub fn start(
+        config: GroupConfig,
+        store: GroupStore,
+        transport: Arc<dyn Transport>,
+        on_apply: OnApply,
+    ) -> std::io::Result<GroupHandle> {
+        let started = Instant::now();
+        let id = config.raft.id;
+        let group = config.group;
+        let raft = Raft::new(config.raft, store, config.initial, 0);
+        let shared = Arc::new(Shared {
+            status: Mutex::new(status_of(group, &raft, 0, 0, None, false)),
+            changed: Condvar::new(),
+        });
+        let (tx, rx) = mpsc::channel();
+        let runner = Runner {
+            group,
+            id,
+            started,
+            raft,
+            rx,
+            transport,
+            on_apply,
+            shared: shared.clone(),
+            pending: BTreeMap::new(),
+            appended: None,
+            syncs: 0,
+            failure: None,
+        };
+        let thread = std::thread::Builder::new()
+            .name(format!("weir-group-{group}"))
+            .spawn(move || runner.run())?;
+        Ok(GroupHandle {
+            inner: Arc::new(Inner {
+                group,
+                tx,
+                shared,
+                thread: Mutex::new(Some(thread)),
+            }),
+        })
+    }
+
+    pub fn group(&self) -> GroupId {
+        self.inner.group
+    }
+
+    /// A message from a peer (dropped if the group has stopped).
+    pub fn deliver(&self, envelope: Envelope) {
+        let _ = self.inner.tx.send(Input::Deliver(envelope));
+    }
+
+    /// Proposes `data`; `reply` is called once the entry is applied (committed) with its
+    /// (index, term), or with why not.
+    pub fn propose(&self, data: Vec<u8>, reply: ProposalReply) {
+        // If the thread is gone, the returned input drops its reply: `Stopped`.
+        let _ = self
+            .inner
+            .tx
+            .send(Input::Propose(data, ReplyOnce(Some(reply))));
+    }
+
+    pub fn status(&self) -> GroupStatus {
+        lock(&self.inner.shared.status).clone()
+    }
+
+    /// Waits (at most `timeout`) until the status satisfies `pred`; returns it, or None on
+    /// timeout.
+    pub fn wait_for(
+        &self,
+        timeout: Duration,
+        mut pred: impl FnMut(&GroupStatus) -> bool,
+    ) -> Option<GroupStatus> {
+        let deadline = Instant::now() + timeout;
+        let mut status = lock(&self.inner.shared.status);
+        loop {
+            if pred(&status) {
+                return Some(status.clone());
+            }
+            let left = deadline.checked_duration_since(Instant::now())?;
+            if left.is_zero() {
+                return None;
+            }
+            status = self
+                .inner
+                .shared
+                .changed
+                .wait_timeout(status, left)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+    }
+
+    /// Stops the thread after the inputs queued before this call, syncs, and waits for it.
+    /// Pending proposals get `Stopped`. Idempotent.
+    pub fn stop(&self) {
+        let _ = self.inner.tx.send(Input::Stop);
+        let thread = lock(&self.inner.thread).take();
+        if let Some(t) = thread {
+            if t.thread().id() == std::thread::current().id() {
+                return; // called from on_apply or a reply: the thread exits after this round
+            }
+            if t.join().is_err() {
+                tracing::error!(group = %self.inner.group, "group thread panicked");
+            }
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn status_of(
+    group: GroupId,
+    raft: &Raft<GroupStore>,
+    pending: usize,
+    syncs: u64,
+    failure: Option<String>,
+    stopped: bool,
+) -> GroupStatus {
+    let s = raft.status();
+    GroupStatus {
+        group,
+        id: s.id,
+        role: s.role,
+        term: s.term,
+        leader: s.leader,
+        commit_index: s.commit_index,
+        applied_index: s.applied_index,
+        last_index: s.last_index,
+        persisted_index: s.persisted_index,
+        peer_match: s
+            .progress
+            .into_iter()
+            .map(|(id, p)| (id, p.match_index))
+            .collect(),
+        pending_proposals: pending,
+        syncs,
+        failure,
+        stopped,
+    }
+}
+
+struct Runner {
+    group: GroupId,
+    id: NodeId,
+    started: Instant,
+    raft: Raft<GroupStore>,
+    rx: mpsc::Receiver<Input>,
+    transport: Arc<dyn Transport>,
+    on_apply: OnApply,
+    shared: Arc<Shared>,
+    /// Proposals by index: (term, reply).
+    pending: BTreeMap<LogIndex, (Term, ReplyOnce)>,
+    /// Last entry written since the last sync.
+    appended: Option<(LogIndex, Term)>,
+    syncs: u64,
+    failure: Option<String>,
+}
+
+impl Runner {
+    fn now(&self) -> Millis {
+        u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    fn run(mut self) {
+        let span = tracing::info_span!("group", group = %self.group, id = %self.id);
+        let _enter = span.enter();
+        self.drain();
+        self.finish_round();
+        let mut stop = false;
+        while !stop {
+            let now = self.now();
+            let wait_ms = match self.raft.next_timeout() {
+                Some(t) if self.failure.is_none() => t.saturating_sub(now),
+                _ => IDLE_WAIT_MS,
+            };
+            match self.rx.recv_timeout(Duration::from_millis(wait_ms)) {
+                Ok(input) => stop = self.handle(input),
+                Err(mpsc::RecvTimeoutError::Timeout) => {}
+                Err(mpsc::RecvTimeoutError::Disconnected) => stop = true,
+            }
+            self.maybe_timeout();
+            let mut taken = 1;
+            while !stop && taken < GROUP_INPUT_BATCH_MAX {
+                match self.rx.try_recv() {
+                    Ok(input) => stop = self.handle(input),
+                    Err(mpsc::TryRecvError::Empty) => break,
+                    Err(mpsc::TryRecvError::Disconnected) => stop = true,
+                }
+                taken += 1;
+            }
+            self.maybe_timeout();
+            self.finish_round();
+        }
+        self.shutdown();
+    }
+
+    /// Returns true on Stop.
+    fn handle(&mut self, input: Input) -> bool {
+        match input {
+            Input::Stop => return true,
+            Input::Deliver(envelope) => {
+                if self.failure.is_none() {
+                    let now = self.now();
+                    self.raft.handle_message(now, envelope);
+                    self.drain();
+                }
+            }
+            Input::Propose(data, reply) => self.propose(data, reply),
+        }
+        false
+    }
+
+    fn propose(&mut self, data: Vec<u8>, reply: ReplyOnce) {
+        if let Some(reason) = &self.failure {
+            return reply.send(Err(ProposalError::Storage(reason.clone())));
+        }
+        if self.pending.len() >= PROPOSALS_PENDING_MAX {
+            return reply.send(Err(ProposalError::Busy));
+        }
+        let now = self.now();
+        match self.raft.propose(now, data) {
+            Ok((index, term)) => {
+                // An older proposal at this index can no longer commit: this term replaced it.
+                if let Some((_, old)) = self.pending.insert(index, (term, reply)) {
+                    old.send(Err(ProposalError::Lost));
+                }
+            }
+            Err(ProposeError::NotLeader { leader_hint }) => {
+                reply.send(Err(ProposalError::NotLeader { leader_hint }))
+            }
+            Err(ProposeError::Busy) => reply.send(Err(ProposalError::Busy)),
+            Err(e) => reply.send(Err(ProposalError::Rejected(e))),
+        }
+        self.drain();
+    }
+
+    fn maybe_timeout(&mut self) {
+        if self.failure.is_some() {
+            return;
+        }
+        let now = self.now();
+        if self.raft.next_timeout().is_some_and(|t| t <= now) {
+            self.raft.handle_timeout(now);
+            self.drain();
+        }
+    }
+
+    /// Executes every queued output in order (no fsync of entries: see `finish_round`).
+    fn drain(&mut self) {
+        while self.failure.is_none() {
+            let Some(output) = self.raft.poll_output() else {
+                break;
+            };
+            let now = self.now();
+            match output {
+                Output::PersistHardState(hs) => {
+                    if let Err(e) = self.raft.store_mut().set_hard_state(hs) {
+                        self.fail(format!("persisting the hard state: {e}"));
+                    }
+                }
+                Output::PersistEntries(entries) => match self.raft.store_mut().append(&entries) {
+                    Ok(()) => {
+                        if let Some(last) = entries.last() {
+                            self.appended = Some((last.index, last.term));
+                        }
+                    }
+                    Err(e) => self.fail(format!("appending entries: {e}")),
+                },
+                Output::Send(envelope) => self.transport.send(self.group, envelope),
+                Output::Apply(entries) => {
+                    let Some(last) = entries.last().map(|e| e.index) else {
+                        continue;
+                    };
+                    (self.on_apply)(&entries);
+                    for entry in &entries {
+                        self.decide(entry.index, entry.term);
+                    }
+                    self.raft.handle_applied(now, last);
+                }
+                Output::PersistSnapshot(snapshot) => {
+                    let meta = snapshot.meta.clone();
+                    match self.raft.store_mut().install_snapshot(snapshot) {
+                        Ok(()) => {
+                            tracing::warn!(last_index = %meta.last_index, "snapshot installed: on_apply does not see snapshot state");
+                            // Proposals the snapshot covers: decided unless at its last index.
+                            let covered: Vec<LogIndex> = self
+                                .pending
+                                .range(..=meta.last_index)
+                                .map(|(i, _)| *i)
+                                .collect();
+                            for index in covered {
+                                if let Some((term, reply)) = self.pending.remove(&index) {
+                                    reply.send(if index == meta.last_index {
+                                        if term == meta.last_term {
+                                            Ok((index, term))
+                                        } else {
+                                            Err(ProposalError::Lost)
+                                        }
+                                    } else {
+                                        Err(ProposalError::Unknown)
+                                    });
+                                }
+                            }
+                            // The log restarts after the snapshot: earlier writes are gone.
+                            self.appended = None;
+                            self.raft.handle_snapshot_persisted(now, meta.last_index);
+                        }
+                        Err(e) => self.fail(format!("installing a snapshot: {e}")),
+                    }
+                }
+                Output::StateChanged { role, term, leader } => {
+                    tracing::info!(?role, %term, ?leader, "group state changed");
+                }
+            }
+        }
+    }
+
+    /// An entry at `index` with `term` was applied: answers the proposal at that index.
+    fn decide(&mut self, index: LogIndex, term: Term) {
+        // Apply is contiguous: anything pending below `index` was covered already (defensive).
+        while let Some(entry) = self.pending.first_entry() {
+            if *entry.key() > index {
+                break;
+            }
+            let (at, (proposed_term, reply)) = entry.remove_entry();
+            reply.send(if at == index && proposed_term == term {
+                Ok((index, term))
+            } else {
+                Err(ProposalError::Lost)
+            });
+        }
+    }
+
+    /// Group commit: one sync for everything appended this round, reported to the core, and
+    /// again while reporting makes the core append more. Then publishes the status.
+    fn finish_round(&mut self) {
+        while self.failure.is_none() {
+            let Some((index, term)) = self.appended.take() else {
+                break;
+            };
+            self.syncs += 1;
+            match self.raft.store_mut().sync() {
+                Ok(_) => {
+                    let now = self.now();
+                    self.raft.handle_persisted(now, index, term);
+                    self.drain();
+                }
+                Err(e) => self.fail(format!("syncing the log: {e}")),
+            }
+        }
+        if self.failure.is_none()
+            && let Some(reason) = self.raft.store().failure()
+        {
+            let reason = reason.to_owned();
+            self.fail(reason);
+        }
+        self.publish(false);
+    }
+
+    fn fail(&mut self, reason: String) {
+        if self.failure.is_some() {
+            return;
+        }
+        tracing::error!(error = %reason, "group storage failed; the group stops taking part");
+        for (_, (_, reply)) in std::mem::take(&mut self.pending) {
+            reply.send(Err(ProposalError::Storage(reason.clone())));
+        }
+        self.appended = None;
+        self.failure = Some(reason);
+    }
+
+    fn publish(&self, stopped: bool) {
+        let status = status_of(
+            self.group,
+            &self.raft,
+            self.pending.len(),
+            self.syncs,
+            self.failure.clone(),
+            stopped,
+        );
+        *lock(&self.shared.status) = status;
+        self.shared.changed.notify_all();
+    }
+
+    fn shutdown(mut self) {
+        if self.failure.is_none()
+            && let Err(e) = self.raft.store_mut().sync()
+        {
+            tracing::error!(error = %e, "final sync failed");
+        }
+        // Pending and still-queued proposals answer `Stopped` as their replies drop.
+        self.pending.clear();
+        while self.rx.try_recv().is_ok() {}
+        self.publish(true);
+        tracing::debug!(last_index = %self.raft.store().last_index(), "group stopped");
+    }
+}
