@@ -4,6 +4,12 @@
 //! --workspace` builds it first because `weir-cli` has integration tests of its own; when running
 //! only this package, build it with `cargo build -p weir-cli` or point `WEIR_BIN` at one.
 
+pub mod cluster;
+pub mod history;
+pub mod proxy;
+
+pub use proxy::{Faults, UdpProxy};
+
 use anyhow::{Context, Result, bail};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};

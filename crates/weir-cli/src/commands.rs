@@ -1,7 +1,7 @@
 //! The subcommands other than `demo`.
 
 use crate::output::{self, print_line, table, thousands};
-use crate::{GlobalArgs, ListenArgs, NodeArgs, PutArgs, TopicCommand};
+use crate::{ClusterCommand, GlobalArgs, ListenArgs, NodeArgs, PutArgs, TopicCommand};
 use anyhow::{Context, Result, bail};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use std::io::{IsTerminal, Write};
@@ -37,6 +37,9 @@ pub async fn node(g: &GlobalArgs, args: NodeArgs) -> Result<()> {
     }
     if let Some(fsync) = args.fsync {
         config.fsync = fsync;
+    }
+    if args.join {
+        config.join = true;
     }
     let data_dir = config.data_dir.clone();
     let node = Node::start(config)
@@ -115,11 +118,13 @@ pub async fn topic(g: &GlobalArgs, cmd: TopicCommand) -> Result<()> {
             retention_bytes,
             retention_ms,
             segment_bytes,
+            replicas,
         } => {
             let config = TopicConfig {
                 retention_bytes,
                 retention_ms,
                 segment_bytes,
+                replicas,
             };
             client.create_topic(&name, config).await?;
             println!("created topic {name}");
@@ -352,44 +357,142 @@ pub async fn status(g: &GlobalArgs) -> Result<()> {
             )
         );
     }
+    if let Some(m) = &status.metadata {
+        println!(
+            "catalog: {} in term {}, leader {}, commit {}, voters {:?}",
+            m.role,
+            m.term,
+            output::or_dash(m.leader),
+            m.commit_index,
+            m.replicas
+        );
+    }
     let mut topics = status.topics;
     topics.sort_by(|a, b| a.name.cmp(&b.name));
     if topics.is_empty() {
-        println!("no topics");
+        println!("no topics on this node");
     } else {
-        let rows: Vec<Vec<String>> = topics
-            .iter()
-            .map(|t| {
+        print!("{}", topic_status_table(&topics));
+        let followers = follower_table(&topics);
+        if !followers.is_empty() {
+            print!("{followers}");
+        }
+    }
+    client.close().await;
+    Ok(())
+}
+
+/// One row per topic replica on the node: Raft state and log counters.
+pub fn topic_status_table(topics: &[weir_client::TopicStatus]) -> String {
+    let rows: Vec<Vec<String>> = topics
+        .iter()
+        .map(|t| {
+            let r = t.raft.as_ref();
+            vec![
+                t.name.clone(),
+                r.map_or("-".into(), |r| r.role.clone()),
+                output::or_dash(r.and_then(|r| r.leader)),
+                output::or_dash(r.map(|r| r.term)),
+                output::or_dash(r.map(|r| r.commit_index)),
+                t.start_offset.to_string(),
+                t.committed_offset.to_string(),
+                t.segments.to_string(),
+                t.bytes.to_string(),
+                t.fsyncs.to_string(),
+                t.appends.to_string(),
+                t.failure.clone().unwrap_or_else(|| "-".into()),
+            ]
+        })
+        .collect();
+    table(
+        &[
+            "TOPIC",
+            "ROLE",
+            "LEADER",
+            "TERM",
+            "COMMIT_INDEX",
+            "START",
+            "COMMITTED",
+            "SEGMENTS",
+            "BYTES",
+            "FSYNCS",
+            "APPENDS",
+            "FAILURE",
+        ],
+        &rows,
+    )
+}
+
+/// On a leader: each follower's match index and lag (entries it is missing), per topic.
+pub fn follower_table(topics: &[weir_client::TopicStatus]) -> String {
+    let rows: Vec<Vec<String>> = topics
+        .iter()
+        .filter_map(|t| t.raft.as_ref().map(|r| (t, r)))
+        .flat_map(|(t, r)| {
+            r.followers.iter().map(move |f| {
                 vec![
                     t.name.clone(),
-                    t.start_offset.to_string(),
-                    t.next_offset.to_string(),
-                    t.committed_offset.to_string(),
-                    t.segments.to_string(),
-                    t.bytes.to_string(),
-                    t.fsyncs.to_string(),
-                    t.appends.to_string(),
-                    t.failure.clone().unwrap_or_else(|| "-".into()),
+                    f.node_id.to_string(),
+                    f.match_index.to_string(),
+                    f.lag.to_string(),
                 ]
             })
-            .collect();
-        print!(
-            "{}",
-            table(
-                &[
-                    "TOPIC",
-                    "START",
-                    "NEXT",
-                    "COMMITTED",
-                    "SEGMENTS",
-                    "BYTES",
-                    "FSYNCS",
-                    "APPENDS",
-                    "FAILURE",
-                ],
-                &rows,
-            )
-        );
+        })
+        .collect();
+    if rows.is_empty() {
+        return String::new();
+    }
+    table(&["TOPIC", "FOLLOWER", "MATCH_INDEX", "LAG"], &rows)
+}
+
+pub async fn cluster(g: &GlobalArgs, cmd: ClusterCommand) -> Result<()> {
+    let client = connect(g).await?;
+    match cmd {
+        ClusterCommand::Show => {
+            let info = client.cluster().await?;
+            println!(
+                "cluster of {} node(s), catalog leader {} (answered by node {})",
+                info.nodes.len(),
+                output::or_dash(info.metadata_leader),
+                info.node_id
+            );
+            let rows: Vec<Vec<String>> = info
+                .nodes
+                .iter()
+                .map(|n| vec![n.node_id.to_string(), n.addr.clone()])
+                .collect();
+            print!("{}", table(&["NODE", "ADDRESS"], &rows));
+            let rows: Vec<Vec<String>> = info
+                .topics
+                .iter()
+                .map(|t| {
+                    vec![
+                        t.name.clone(),
+                        t.group.to_string(),
+                        t.replicas
+                            .iter()
+                            .map(u64::to_string)
+                            .collect::<Vec<_>>()
+                            .join(","),
+                        output::or_dash(t.leader),
+                    ]
+                })
+                .collect();
+            if !rows.is_empty() {
+                print!(
+                    "{}",
+                    table(&["TOPIC", "GROUP", "REPLICAS", "LEADER"], &rows)
+                );
+            }
+        }
+        ClusterCommand::AddNode { id, address } => {
+            client.add_node(id, &address.to_string()).await?;
+            println!("added node {id} at {address}");
+        }
+        ClusterCommand::RemoveNode { id } => {
+            client.remove_node(id).await?;
+            println!("removed node {id}");
+        }
     }
     client.close().await;
     Ok(())

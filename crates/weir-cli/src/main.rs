@@ -86,8 +86,13 @@ enum Command {
     /// Print a topic's messages: offset, timestamp_ms, key, value (tab-separated; tabs and
     /// newlines inside keys and values are shown as \t and \n).
     Listen(ListenArgs),
-    /// Show the node's version, uptime, fsync mode and per-topic counters.
+    /// Show the node's version, uptime, fsync mode, peers, the catalog's Raft group, and per
+    /// topic: leader, term, commit index, counters and, on the leader, each follower's match
+    /// index and lag.
     Status,
+    /// Show or change the cluster's membership.
+    #[command(subcommand)]
+    Cluster(ClusterCommand),
     /// Start a node in a temporary directory, write and read messages, and clean up.
     Demo,
 }
@@ -114,6 +119,11 @@ struct NodeArgs {
     /// When to fsync: always, interval:<ms> or never [default: always, or the config file's].
     #[arg(long, value_parser = parse_fsync)]
     fsync: Option<FsyncPolicy>,
+    /// Join an existing cluster instead of founding one: the node waits until a member runs
+    /// `weir cluster add-node ID ADDRESS` for it. --peers must name this node and at least one
+    /// member.
+    #[arg(long)]
+    join: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -127,6 +137,24 @@ enum CertsCommand {
         /// and ::1); repeatable.
         #[arg(long = "host", value_name = "NAME")]
         hosts: Vec<String>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum ClusterCommand {
+    /// List the members, the catalog leader and every topic's replicas and leader.
+    Show,
+    /// Add a node (started with `weir node --join --id ID ...`) to the cluster.
+    AddNode {
+        /// The new node's id (unused in this cluster).
+        id: u64,
+        /// The new node's address (ip:port), as other nodes and clients reach it.
+        address: std::net::SocketAddr,
+    },
+    /// Remove a node from the cluster (it must hold no topic replicas).
+    RemoveNode {
+        /// The node to remove.
+        id: u64,
     },
 }
 
@@ -145,6 +173,9 @@ enum TopicCommand {
         /// Start a new segment file at this size.
         #[arg(long)]
         segment_bytes: Option<u64>,
+        /// How many nodes keep a copy [default: 3, or the cluster size if smaller].
+        #[arg(long)]
+        replicas: Option<u32>,
     },
     /// Delete a topic and its messages.
     Delete {
@@ -248,6 +279,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Put(args) => commands::put(g, args).await,
         Command::Listen(args) => commands::listen(g, args).await,
         Command::Status => commands::status(g).await,
+        Command::Cluster(cmd) => commands::cluster(g, cmd).await,
         Command::Demo => demo::run().await,
     }
 }

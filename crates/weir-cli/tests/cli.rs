@@ -208,7 +208,8 @@ fn node_process_serves_topic_put_listen_and_status_commands() {
         node.client()
             .args(["put", "orders", "--key", "k1", "hello"]),
     );
-    assert!(out.starts_with("offset=0 timestamp_ms="), "{out}");
+    // Offset 0 holds the leader's no-op entry: the first message is at offset 1.
+    assert!(out.starts_with("offset=1 timestamp_ms="), "{out}");
 
     // One message per stdin line, pipelined.
     let mut put = node
@@ -232,7 +233,7 @@ fn node_process_serves_topic_put_listen_and_status_commands() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(stdout.contains("put 3 messages to orders"), "{stdout}");
-    assert!(stdout.contains("offsets 1..=3"), "{stdout}");
+    assert!(stdout.contains("offsets 2..=4"), "{stdout}");
 
     // The global flags work as well as the environment.
     let out = stdout_of(
@@ -245,21 +246,21 @@ fn node_process_serves_topic_put_listen_and_status_commands() {
     assert_eq!(lines.len(), 4, "{out}");
     assert_eq!(
         (lines[0][0], lines[0][2], lines[0][3]),
-        ("0", "k1", "hello")
+        ("1", "k1", "hello")
     );
-    assert_eq!((lines[1][0], lines[1][2], lines[1][3]), ("1", "", "a"));
+    assert_eq!((lines[1][0], lines[1][2], lines[1][3]), ("2", "", "a"));
     assert_eq!(lines[3][3], "c with\\ttab");
     assert!(lines[0][1].parse::<u64>().is_ok(), "timestamp_ms");
 
     let out = stdout_of(
         node.client()
-            .args(["listen", "orders", "--from", "2", "--count", "1"]),
+            .args(["listen", "orders", "--from", "3", "--count", "1"]),
     );
-    assert!(out.starts_with("2\t"), "{out}");
+    assert!(out.starts_with("3\t"), "{out}");
 
     let out = stdout_of(node.client().args(["topic", "list"]));
     assert!(
-        out.lines().any(|l| l.starts_with("orders  0      4")),
+        out.lines().any(|l| l.starts_with("orders  0      5")),
         "{out}"
     );
 

@@ -1,4 +1,5 @@
-//! [`ClientConfig`], [`ReconnectPolicy`] and the TLS setup built from them.
+//! [`ClientConfig`], [`ReconnectPolicy`], [`LeaderRetryPolicy`] and the TLS setup built from
+//! them.
 
 use crate::ClientError;
 use rustls_pki_types::pem::PemObject;
@@ -24,7 +25,9 @@ use std::time::Duration;
 #[derive(Clone, Debug)]
 #[non_exhaustive]
 pub struct ClientConfig {
-    /// Node addresses, tried in order until one accepts.
+    /// Seed node addresses, tried in order until one accepts. The client learns the other
+    /// members of the cluster (and which node leads each topic) from the nodes themselves and
+    /// connects to them as needed; the seeds are where it starts and what it falls back to.
     pub addrs: Vec<SocketAddr>,
     /// PEM file with the cluster CA certificate(s) the node's certificate must chain to.
     pub ca_cert: PathBuf,
@@ -46,6 +49,9 @@ pub struct ClientConfig {
     pub idle_timeout: Duration,
     /// How listeners reconnect after losing their connection.
     pub reconnect: ReconnectPolicy,
+    /// How requests that must reach a leader (PUTs, topic and cluster administration) are
+    /// redirected and retried while the leader moves or is being elected.
+    pub leader_retry: LeaderRetryPolicy,
     /// Sent to the node in the protocol hello (shows up in the node's logs).
     pub client_name: String,
 }
@@ -53,7 +59,9 @@ pub struct ClientConfig {
 /// A client certificate and its private key, both PEM files.
 #[derive(Clone, Debug)]
 pub struct ClientAuth {
+    /// The client certificate chain (PEM).
     pub cert: PathBuf,
+    /// Its private key (PEM).
     pub key: PathBuf,
 }
 
@@ -76,6 +84,7 @@ impl ClientConfig {
             keep_alive_interval: Duration::from_secs(2),
             idle_timeout: Duration::from_secs(10),
             reconnect: ReconnectPolicy::default(),
+            leader_retry: LeaderRetryPolicy::default(),
             client_name: format!("weir-client/{}", env!("CARGO_PKG_VERSION")),
         }
     }
@@ -171,9 +180,13 @@ fn has_port(part: &str) -> bool {
 /// ```
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ReconnectPolicy {
+    /// Wait before the first reconnect attempt.
     pub initial_backoff: Duration,
+    /// Longest wait between two attempts.
     pub max_backoff: Duration,
+    /// Give up after this many consecutive failed attempts.
     pub max_attempts: Option<u32>,
+    /// Give up once this much time has passed since the first failed attempt.
     pub max_elapsed: Option<Duration>,
 }
 
@@ -201,6 +214,71 @@ impl ReconnectPolicy {
     pub fn exhausted(&self, attempts: u32, elapsed: Duration) -> bool {
         self.max_attempts.is_some_and(|max| attempts > max)
             || self.max_elapsed.is_some_and(|max| elapsed >= max)
+    }
+}
+
+/// How a request that must reach a leader is retried when a node answers "not leader".
+///
+/// A node that knows the leader names it in its answer and the request is resent there at once
+/// (the first [`LeaderRetryPolicy::IMMEDIATE_HOPS`] redirections in a row; later ones wait like
+/// the rest). A node that does not know it (an election is in progress) makes the client wait
+/// — exponential backoff from `initial_backoff`, doubling up to `max_backoff` — and then ask the
+/// cluster for its current layout before resending. Retrying stops when a wait is due once
+/// `max_elapsed` has passed since the request was first sent, or when the next resend would
+/// pass the request timeout, with [`crate::ClientError::NotLeader`] naming the topic (or the
+/// catalog). A known leader that cannot be connected to is dropped from the client's routes and
+/// the request (which never left) goes to another node.
+///
+/// Only requests the node answered "not leader" (it did not act on them), and requests that
+/// could not be sent at all, are resent: a request whose connection broke after it was sent is
+/// never resent (its outcome is unknown).
+///
+/// Defaults: `initial_backoff` 20 ms, `max_backoff` 500 ms, `max_elapsed` 10 s.
+///
+/// ```
+/// use std::time::Duration;
+/// use weir_client::LeaderRetryPolicy;
+///
+/// let policy = LeaderRetryPolicy::default();
+/// assert_eq!(policy.backoff(1), Duration::from_millis(20));
+/// assert_eq!(policy.backoff(10), Duration::from_millis(500));
+/// assert!(policy.exhausted(Duration::from_secs(10)));
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LeaderRetryPolicy {
+    /// Wait before the first retry that has no leader to go to.
+    pub initial_backoff: Duration,
+    /// Longest wait between two retries.
+    pub max_backoff: Duration,
+    /// Give up once this much time has passed since the request was first sent.
+    pub max_elapsed: Duration,
+}
+
+impl Default for LeaderRetryPolicy {
+    fn default() -> Self {
+        Self {
+            initial_backoff: Duration::from_millis(20),
+            max_backoff: Duration::from_millis(500),
+            max_elapsed: Duration::from_secs(10),
+        }
+    }
+}
+
+impl LeaderRetryPolicy {
+    /// Redirections to a named leader that are followed without waiting, in a row.
+    pub const IMMEDIATE_HOPS: u32 = 2;
+
+    /// The wait before retry number `attempt` (1-based).
+    pub fn backoff(&self, attempt: u32) -> Duration {
+        let doublings = attempt.saturating_sub(1).min(31);
+        self.initial_backoff
+            .saturating_mul(1u32 << doublings)
+            .min(self.max_backoff)
+    }
+
+    /// Whether to stop retrying `elapsed` after the request was first sent.
+    pub fn exhausted(&self, elapsed: Duration) -> bool {
+        elapsed >= self.max_elapsed
     }
 }
 
@@ -324,6 +402,16 @@ mod tests {
         assert_eq!(p.backoff(u32::MAX), Duration::from_millis(100));
         assert!(!p.exhausted(3, Duration::from_secs(1000)));
         assert!(p.exhausted(4, Duration::ZERO));
+    }
+
+    #[test]
+    fn leader_retry_backoff_doubles_from_initial_and_is_capped() {
+        let p = LeaderRetryPolicy::default();
+        let delays: Vec<_> = (1..=7).map(|a| p.backoff(a).as_millis()).collect();
+        assert_eq!(delays, [20, 40, 80, 160, 320, 500, 500]);
+        assert_eq!(p.backoff(u32::MAX), Duration::from_millis(500));
+        assert!(!p.exhausted(Duration::from_millis(9_999)));
+        assert!(p.exhausted(Duration::from_secs(10)));
     }
 
     #[test]

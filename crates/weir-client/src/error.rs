@@ -33,6 +33,12 @@ pub enum ClientError {
     /// The node is overloaded; retry later.
     #[error("node busy: {0}")]
     Busy(String),
+    /// The request needs the leader of a topic (or of the catalog) and none could be reached:
+    /// the nodes kept answering "not leader" until [`crate::LeaderRetryPolicy`] ran out (an
+    /// election that does not finish, or a partition). A request that got this was not acted
+    /// on, so sending it again is safe.
+    #[error("not leader: {0}")]
+    NotLeader(String),
     /// No reply within the request timeout. A PUT that timed out may still have been committed.
     #[error("no reply from the node within {0:?}")]
     Timeout(Duration),
@@ -71,6 +77,7 @@ impl ClientError {
             Self::OffsetOutOfRange(_) => Some(ErrorCode::OffsetOutOfRange),
             Self::Unavailable(_) => Some(ErrorCode::Unavailable),
             Self::Busy(_) => Some(ErrorCode::Busy),
+            Self::NotLeader(_) => Some(ErrorCode::NotLeader),
             Self::Server { code, .. } => Some(*code),
             Self::Timeout(_)
             | Self::ConnectionLost(_)
@@ -86,6 +93,7 @@ impl ClientError {
         match self {
             Self::Unavailable(_)
             | Self::Busy(_)
+            | Self::NotLeader(_)
             | Self::Timeout(_)
             | Self::ConnectionLost(_)
             | Self::Connect(_) => true,
@@ -103,7 +111,8 @@ impl ClientError {
 
 impl From<ErrorReply> for ClientError {
     fn from(reply: ErrorReply) -> Self {
-        let ErrorReply { code, message } = reply;
+        // The leader hint is used by the client's routing before an error is made of a reply.
+        let ErrorReply { code, message, .. } = reply;
         match code {
             ErrorCode::NotFound => Self::NotFound(message),
             ErrorCode::AlreadyExists => Self::AlreadyExists(message),
@@ -112,6 +121,7 @@ impl From<ErrorReply> for ClientError {
             ErrorCode::OffsetOutOfRange => Self::OffsetOutOfRange(message),
             ErrorCode::Unavailable => Self::Unavailable(message),
             ErrorCode::Busy => Self::Busy(message),
+            ErrorCode::NotLeader => Self::NotLeader(message),
             ErrorCode::BadRequest | ErrorCode::UnsupportedVersion | ErrorCode::Internal => {
                 Self::Server { code, message }
             }
@@ -154,10 +164,26 @@ mod tests {
             ErrorCode::Unavailable,
             ErrorCode::Busy,
             ErrorCode::Internal,
+            ErrorCode::NotLeader,
         ] {
             let e = ClientError::from(ErrorReply::new(code, "m"));
             assert_eq!(e.code(), Some(code));
             assert_eq!(e.is_retryable(), code.is_retryable(), "{code:?}");
+        }
+    }
+
+    #[test]
+    fn not_leader_maps_to_a_retryable_typed_error_with_or_without_a_hint() {
+        let hint = weir_proto::LeaderHint {
+            node_id: 2,
+            addr: "127.0.0.1:7071".into(),
+        };
+        for leader in [Some(hint), None] {
+            let e = ClientError::from(ErrorReply::not_leader("node 1 does not lead t", leader));
+            assert_eq!(e, ClientError::NotLeader("node 1 does not lead t".into()));
+            assert_eq!(e.to_string(), "not leader: node 1 does not lead t");
+            assert_eq!(e.code(), Some(ErrorCode::NotLeader));
+            assert!(e.is_retryable());
         }
     }
 

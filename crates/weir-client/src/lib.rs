@@ -1,9 +1,21 @@
 //! weir's async client library: topics, pipelined PUTs, resumable listeners.
 //!
-//! A [`Client`] holds one QUIC connection (TLS 1.3, verified against the cluster CA) with one
-//! request stream, over which every request is pipelined; replies are matched by request id.
-//! [`Producer`] keeps a bounded window of PUTs in flight; [`Listener`] follows a topic on its
-//! own stream and survives reconnects without gaps or repeats.
+//! A [`Client`] talks to a cluster of nodes over QUIC (TLS 1.3, verified against the cluster
+//! CA): one connection per node it needs, each with one request stream over which requests are
+//! pipelined; replies are matched by request id. Every topic is replicated by a Raft group on
+//! some of the nodes; the client sends PUTs to the topic's leader and topic/cluster
+//! administration to the catalog leader, learning where they are from the nodes and following
+//! their "not leader" answers ([`LeaderRetryPolicy`]). [`Producer`] keeps a bounded window of
+//! PUTs in flight; [`Listener`] follows a topic on its own stream from any replica and survives
+//! reconnects and leader changes without skipping or repeating a message.
+//!
+//! Offsets increase strictly along a topic but may have gaps: some offsets hold Raft's own
+//! entries rather than messages.
+//!
+//! Retries never risk a duplicate: only requests the node refused without acting on them
+//! ("not leader"), or that never left the client, are resent. A PUT whose connection broke
+//! after it was sent fails with [`ClientError::ConnectionLost`]; whether it was stored is
+//! unknown.
 //!
 //! ```no_run
 //! use weir_client::{Client, ClientConfig, ListenFrom, TopicConfig};
@@ -37,14 +49,16 @@ mod config;
 mod error;
 mod listener;
 mod producer;
+mod routing;
 mod session;
 
 pub use client::Client;
-pub use config::{ClientAuth, ClientConfig, ReconnectPolicy, resolve_cluster};
+pub use config::{ClientAuth, ClientConfig, LeaderRetryPolicy, ReconnectPolicy, resolve_cluster};
 pub use error::ClientError;
 pub use listener::Listener;
 pub use producer::{Producer, PutHandle};
 pub use weir_proto::{
-    Committed, ErrorCode, Event, ListenFrom, NodeStatus, Offset, TimestampMs, TopicConfig,
-    TopicInfo, TopicStatus,
+    ClusterInfo, Committed, ErrorCode, Event, FollowerStatus, ListenFrom, NodeInfo, NodeStatus,
+    Offset, PeerStatus, RaftStatus, TimestampMs, TopicConfig, TopicInfo, TopicPlacement,
+    TopicStatus,
 };

@@ -1,20 +1,23 @@
 //! [`Listener`]: a resumable stream of a topic's committed entries.
 
-use crate::ClientError;
 use crate::client::Inner;
+use crate::routing::resolve_node_addr;
 use crate::session::reply_kind;
+use crate::{ClientError, LeaderRetryPolicy};
 use futures_core::Stream;
 use std::collections::VecDeque;
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, ready};
+use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use weir_proto::limits::FRAME_BYTES_MAX;
 use weir_proto::{
-    ClientFrame, Event, FrameDecoder, ListenFrom, Offset, Reply, Request, RequestId, ServerFrame,
-    encode_frame,
+    ClientFrame, ErrorCode, Event, FrameDecoder, ListenFrom, Offset, Reply, Request, RequestId,
+    ServerFrame, encode_frame,
 };
 
 /// Batches of events buffered between the background task and the consumer. When full, the
@@ -28,12 +31,18 @@ const LISTEN_ID: RequestId = RequestId(1);
 /// [`crate::Client::listen`]; a [`Stream`] of `Result<Event, ClientError>`, with an inherent
 /// [`Listener::next`] for use without `StreamExt`.
 ///
-/// A background task reads the listen stream. If the connection is lost it reconnects with
-/// exponential backoff ([`crate::ClientConfig::reconnect`]) and resumes right after the last
-/// event it received: events are never skipped nor repeated, and offsets are checked to be
-/// dense. A listener started at [`ListenFrom::Start`] that has seen no event yet re-attaches at
-/// `Start`. An error the node reports (topic deleted, offset no longer retained, ...) or giving
-/// up on reconnecting ends the stream with that error. Dropping the listener stops it.
+/// A background task reads the listen stream from a node that hosts the topic (its leader if
+/// known, else another replica; any replica can serve a listener). If the stream or the
+/// connection is lost it reconnects with exponential backoff
+/// ([`crate::ClientConfig::reconnect`]) — asking the cluster again which nodes host the topic,
+/// trying the next replica after a failure, and following a node's "not leader" answer to the
+/// replica it names — and resumes right after the last event it received: committed messages
+/// are never skipped nor repeated. Offsets increase strictly but may have gaps (offsets that
+/// hold no message, such as Raft's leader no-op entries, are skipped by the node); an event at
+/// or below an offset already delivered is dropped. A listener started at
+/// [`ListenFrom::Start`] that has seen no event yet re-attaches at `Start`. An error the node
+/// reports (topic deleted, offset no longer retained, ...) or giving up on reconnecting ends
+/// the stream with that error. Dropping the listener stops it.
 ///
 /// ```no_run
 /// use weir_client::ListenFrom;
@@ -63,9 +72,15 @@ impl Drop for Listener {
 }
 
 impl Listener {
-    pub(crate) fn spawn(inner: Arc<Inner>, topic: String, from: ListenFrom) -> Self {
+    /// Starts following `topic`, first attaching to `node` (any node if `None`).
+    pub(crate) fn spawn(
+        inner: Arc<Inner>,
+        topic: String,
+        from: ListenFrom,
+        node: Option<SocketAddr>,
+    ) -> Self {
         let (tx, rx) = mpsc::channel(BATCHES_BUFFERED);
-        let task = tokio::spawn(run(inner, topic.clone(), from, tx));
+        let task = tokio::spawn(run(inner, topic.clone(), from, node, tx));
         Self {
             topic,
             rx,
@@ -120,7 +135,8 @@ impl Stream for Listener {
     }
 }
 
-/// Which offset comes next; drops repeats and refuses gaps.
+/// The lowest offset that may come next; drops repeats. Offsets increase strictly along a
+/// topic but may have gaps (offsets without a message), so any offset at or above it is fine.
 #[derive(Debug)]
 pub(crate) struct OffsetTracker {
     next: Option<Offset>,
@@ -140,28 +156,22 @@ impl OffsetTracker {
         self.next.map_or(original, ListenFrom::Offset)
     }
 
-    /// Keeps the events that come next, in order; events below the expected offset (already
-    /// delivered) are dropped. An event beyond it would be a gap: a protocol error.
-    pub(crate) fn accept(&mut self, events: Vec<Event>) -> Result<Vec<Event>, ClientError> {
+    /// Keeps the events that come next, in order: each must be above the last one accepted (a
+    /// gap is fine). An event at or below it (a repeat after a resume, or an offset going
+    /// back) is dropped.
+    pub(crate) fn accept(&mut self, events: Vec<Event>) -> Vec<Event> {
         let mut fresh = Vec::with_capacity(events.len());
         for event in events {
-            match self.next {
-                Some(next) if event.offset < next => {
-                    tracing::debug!(offset = %event.offset, %next, "dropping a repeated event");
-                    continue;
-                }
-                Some(next) if event.offset > next => {
-                    return Err(ClientError::Protocol(format!(
-                        "the node skipped from offset {next} to {}",
-                        event.offset
-                    )));
-                }
-                _ => {}
+            if let Some(next) = self.next
+                && event.offset < next
+            {
+                tracing::debug!(offset = %event.offset, %next, "dropping a repeated event");
+                continue;
             }
             self.next = Some(event.offset.next());
             fresh.push(event);
         }
-        Ok(fresh)
+        fresh
     }
 }
 
@@ -172,27 +182,61 @@ enum Detached {
     /// Not worth retrying: hand the error to the consumer and stop.
     Fatal(ClientError),
     /// Reconnect; `progressed` if the attachment worked for a while: a frame arrived, or the
-    /// stream stayed open longer than the longest backoff (a quiet topic).
-    Retry { err: ClientError, progressed: bool },
+    /// stream stayed open longer than the longest backoff (a quiet topic). `redirect`: the
+    /// replica a node named when it refused to serve the topic.
+    Retry {
+        err: ClientError,
+        progressed: bool,
+        redirect: Option<SocketAddr>,
+    },
+}
+
+impl Detached {
+    fn retry(err: ClientError) -> Self {
+        Self::Retry {
+            err,
+            progressed: false,
+            redirect: None,
+        }
+    }
 }
 
 type Batches = mpsc::Sender<Result<Vec<Event>, ClientError>>;
 
-async fn run(inner: Arc<Inner>, topic: String, from: ListenFrom, tx: Batches) {
+async fn run(
+    inner: Arc<Inner>,
+    topic: String,
+    from: ListenFrom,
+    first_node: Option<SocketAddr>,
+    tx: Batches,
+) {
     let policy = inner.config.reconnect.clone();
     let mut tracker = OffsetTracker::new(from);
     // Consecutive failed attachments: count and when the first of them happened.
     let mut streak: Option<(u32, Instant)> = None;
+    // Where the next attachment goes, when already known (first attach, or a node's hint).
+    let mut next_node = first_node;
+    // Hints followed without waiting since the last wait.
+    let mut hops = 0u32;
     loop {
         let resume = tracker.resume_from(from);
-        let (err, progressed) = match attach(&inner, &topic, resume, &mut tracker, &tx).await {
+        let node = match next_node.take() {
+            Some(node) => Some(node),
+            None => pick_node(&inner, &topic, streak.map_or(0, |(n, _)| n)).await,
+        };
+        let detached = attach(&inner, &topic, resume, node, &mut tracker, &tx).await;
+        let (err, progressed, redirect) = match detached {
             Detached::Gone => return,
             Detached::Fatal(err) => {
                 tracing::debug!(%topic, error = %err, "listener stopped");
                 let _ = tx.send(Err(err)).await;
                 return;
             }
-            Detached::Retry { err, progressed } => (err, progressed),
+            Detached::Retry {
+                err,
+                progressed,
+                redirect,
+            } => (err, progressed, redirect),
         };
         if progressed {
             streak = None;
@@ -208,43 +252,73 @@ async fn run(inner: Arc<Inner>, topic: String, from: ListenFrom, tx: Batches) {
             let _ = tx.send(Err(gave_up)).await;
             return;
         }
-        let delay = policy.backoff(*attempts);
+        next_node = redirect;
+        let delay = if redirect.is_some() && hops < LeaderRetryPolicy::IMMEDIATE_HOPS {
+            hops += 1;
+            Duration::ZERO
+        } else {
+            hops = 0;
+            policy.backoff(*attempts)
+        };
         tracing::info!(
             %topic,
             attempt = *attempts,
             ?delay,
             resume = ?tracker.resume_from(from),
+            ?redirect,
             error = %err,
             "listener lost its stream; reconnecting"
         );
-        tokio::select! {
-            () = tokio::time::sleep(delay) => {}
-            () = tx.closed() => return,
+        if !delay.is_zero() {
+            tokio::select! {
+                () = tokio::time::sleep(delay) => {}
+                () = tx.closed() => return,
+            }
         }
     }
 }
 
-/// One attachment: opens a listen stream on the client's connection (connecting if needed) and
-/// forwards events until the stream ends.
+/// The node to attach to: from a fresh cluster layout, the topic's leader, or after `failures`
+/// failed attachments in a row the next of its replicas in turn; `None` (any node) if the
+/// layout is unavailable or does not place the topic.
+async fn pick_node(inner: &Arc<Inner>, topic: &str, failures: u32) -> Option<SocketAddr> {
+    let deadline = Instant::now() + inner.config.request_timeout;
+    match inner.refresh_cluster(deadline).await {
+        Ok(view) => {
+            let hosts = view.hosts_of(topic);
+            let pick = usize::try_from(failures).unwrap_or(0) % hosts.len().max(1);
+            hosts.get(pick).copied()
+        }
+        Err(e) => {
+            tracing::debug!(%topic, error = %e, "cluster refresh failed; attaching to any node");
+            None
+        }
+    }
+}
+
+/// One attachment: opens a listen stream to `node` (any node if `None`; connecting if needed)
+/// and forwards events until the stream ends.
 async fn attach(
     inner: &Inner,
     topic: &str,
     from: ListenFrom,
+    node: Option<SocketAddr>,
     tracker: &mut OffsetTracker,
     tx: &Batches,
 ) -> Detached {
-    let retry = |err| Detached::Retry {
-        err,
-        progressed: false,
+    let session = match node {
+        Some(addr) => inner.session_for(addr).await,
+        None => inner.session().await,
     };
-    let session = match inner.session().await {
+    let session = match session {
         Ok(session) => session,
         Err(e @ ClientError::Config(_)) => return Detached::Fatal(e),
-        Err(e) => return retry(e),
+        Err(e) => return Detached::retry(e),
     };
+    let answered_by = session.remote();
     let (mut send, mut recv) = match session.conn.open_bi().await {
         Ok(streams) => streams,
-        Err(e) => return retry(ClientError::ConnectionLost(e.to_string())),
+        Err(e) => return Detached::retry(ClientError::ConnectionLost(e.to_string())),
     };
     let mut buf = Vec::new();
     let frame = ClientFrame {
@@ -258,9 +332,9 @@ async fn attach(
         return Detached::Fatal(ClientError::Protocol(format!("cannot send: {e}")));
     }
     if let Err(e) = send.write_all(&buf).await {
-        return retry(ClientError::ConnectionLost(e.to_string()));
+        return Detached::retry(ClientError::ConnectionLost(e.to_string()));
     }
-    tracing::debug!(%topic, ?from, "listener attached");
+    tracing::debug!(%topic, ?from, node = %answered_by, "listener attached");
     let attached_at = Instant::now();
     let stable_after = inner.config.reconnect.max_backoff;
     // `send` stays open: finishing it would end the listen.
@@ -274,13 +348,18 @@ async fn attach(
         match chunk {
             Ok(Some(chunk)) => {
                 decoder.extend(&chunk.bytes);
-                match forward(&mut decoder, tracker, tx).await {
+                match forward(inner, answered_by, &mut decoder, tracker, tx).await {
                     Ok(true) => progressed = true,
                     Ok(false) => {}
-                    Err(Detached::Retry { err, progressed: p }) => {
+                    Err(Detached::Retry {
+                        err,
+                        progressed: p,
+                        redirect,
+                    }) => {
                         return Detached::Retry {
                             err,
                             progressed: p || progressed || attached_at.elapsed() > stable_after,
+                            redirect,
                         };
                     }
                     Err(detached) => return detached,
@@ -290,20 +369,25 @@ async fn attach(
                 return Detached::Retry {
                     err: ClientError::ConnectionLost("the node ended the listen stream".into()),
                     progressed: progressed || attached_at.elapsed() > stable_after,
+                    redirect: None,
                 };
             }
             Err(e) => {
                 return Detached::Retry {
                     err: ClientError::ConnectionLost(e.to_string()),
                     progressed: progressed || attached_at.elapsed() > stable_after,
+                    redirect: None,
                 };
             }
         }
     }
 }
 
-/// Forwards the complete frames in `decoder`; `Ok(true)` if any frame was complete.
+/// Forwards the complete frames in `decoder` (read from `answered_by`); `Ok(true)` if any frame
+/// was complete.
 async fn forward(
+    inner: &Inner,
+    answered_by: SocketAddr,
     decoder: &mut FrameDecoder,
     tracker: &mut OffsetTracker,
     tx: &Batches,
@@ -322,17 +406,28 @@ async fn forward(
         }
         match reply {
             Reply::Events(events) => {
-                let fresh = tracker.accept(events).map_err(Detached::Fatal)?;
+                let fresh = tracker.accept(events);
                 if !fresh.is_empty() && tx.send(Ok(fresh)).await.is_err() {
                     return Err(Detached::Gone);
                 }
             }
-            Reply::Error(e) if e.code.is_retryable() => {
+            Reply::Error(e) if e.code == ErrorCode::NotLeader => {
+                // This node does not host the topic; it may name one that does.
+                let redirect = match &e.leader {
+                    Some(hint) => {
+                        resolve_node_addr(&hint.addr, answered_by, inner.config.connect_timeout)
+                            .await
+                            .filter(|addr| *addr != answered_by)
+                    }
+                    None => None,
+                };
                 return Err(Detached::Retry {
                     err: e.into(),
                     progressed: false,
+                    redirect,
                 });
             }
+            Reply::Error(e) if e.code.is_retryable() => return Err(Detached::retry(e.into())),
             Reply::Error(e) => return Err(Detached::Fatal(e.into())),
             other => {
                 return Err(Detached::Fatal(ClientError::Protocol(format!(
@@ -365,10 +460,10 @@ mod tests {
     }
 
     #[test]
-    fn from_start_accepts_the_first_offset_seen_then_requires_density() {
+    fn from_start_accepts_the_first_offset_seen_and_resumes_after_the_last() {
         let mut t = OffsetTracker::new(ListenFrom::Start);
         assert_eq!(t.resume_from(ListenFrom::Start), ListenFrom::Start);
-        let got = t.accept(vec![ev(5), ev(6)]).unwrap();
+        let got = t.accept(vec![ev(5), ev(6)]);
         assert_eq!(offsets(&got), [5, 6]);
         assert_eq!(
             t.resume_from(ListenFrom::Start),
@@ -379,17 +474,36 @@ mod tests {
     #[test]
     fn repeated_events_after_a_resume_are_dropped() {
         let mut t = OffsetTracker::new(ListenFrom::Offset(Offset(3)));
-        let got = t.accept(vec![ev(1), ev(2), ev(3), ev(4)]).unwrap();
+        let got = t.accept(vec![ev(1), ev(2), ev(3), ev(4)]);
         assert_eq!(offsets(&got), [3, 4]);
-        let got = t.accept(vec![ev(4), ev(5)]).unwrap();
+        let got = t.accept(vec![ev(4), ev(5)]);
         assert_eq!(offsets(&got), [5]);
     }
 
     #[test]
-    fn a_gap_in_offsets_is_a_protocol_error() {
+    fn gaps_in_offsets_are_accepted_and_resume_after_the_last_event() {
         let mut t = OffsetTracker::new(ListenFrom::Offset(Offset(0)));
-        t.accept(vec![ev(0)]).unwrap();
-        let err = t.accept(vec![ev(2)]).unwrap_err();
-        assert!(matches!(&err, ClientError::Protocol(m) if m.contains("from offset 1 to 2")));
+        let got = t.accept(vec![ev(0), ev(2)]);
+        assert_eq!(offsets(&got), [0, 2]);
+        let got = t.accept(vec![ev(5)]);
+        assert_eq!(offsets(&got), [5]);
+        assert_eq!(
+            t.resume_from(ListenFrom::Start),
+            ListenFrom::Offset(Offset(6))
+        );
+        // A listener started at an offset with no message gets the next one that has one.
+        let mut t = OffsetTracker::new(ListenFrom::Offset(Offset(10)));
+        assert_eq!(offsets(&t.accept(vec![ev(12)])), [12]);
+    }
+
+    #[test]
+    fn offsets_going_back_within_a_batch_are_dropped() {
+        let mut t = OffsetTracker::new(ListenFrom::Start);
+        let got = t.accept(vec![ev(4), ev(7), ev(6), ev(7), ev(9)]);
+        assert_eq!(offsets(&got), [4, 7, 9]);
+        assert_eq!(
+            t.resume_from(ListenFrom::Start),
+            ListenFrom::Offset(Offset(10))
+        );
     }
 }

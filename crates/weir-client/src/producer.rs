@@ -1,20 +1,29 @@
 //! [`Producer`]: pipelined PUTs with a bounded window.
 
 use crate::client::committed;
-use crate::session::PendingReply;
+use crate::routing::{RoutedCall, Target};
 use crate::{Client, ClientError};
 use std::future::{Future, IntoFuture};
 use std::pin::Pin;
 use std::sync::Arc;
-use tokio::sync::Semaphore;
+use tokio::sync::{Semaphore, oneshot};
 use weir_proto::Committed;
 
 /// Sends PUTs to one topic without waiting for each to commit, keeping at most `window` of them
 /// in flight. Made by [`Client::producer`].
 ///
 /// [`Producer::send`] returns as soon as the PUT is queued (it waits only while `window` PUTs
-/// are unanswered) and hands back a [`PutHandle`] to await its [`Committed`]. PUTs of one
-/// producer go out in the order they were sent, so their offsets are increasing.
+/// are unanswered) and hands back a [`PutHandle`] to await its [`Committed`]. PUTs go to the
+/// topic's leader, and the PUTs of one producer go out in the order they were sent.
+///
+/// Leader changes: a PUT answered "not leader" was not appended, and is resent to the new
+/// leader in the background (whether or not its handle is awaited), as
+/// [`crate::LeaderRetryPolicy`] describes, within the request timeout; it stays in the window
+/// until it finally commits or fails. Resent PUTs land after PUTs sent later that did not need
+/// a resend, so **the offsets of one producer's PUTs follow the send order only while no
+/// resend happens** (order-preserving, exactly-once resends are not built yet). A PUT whose
+/// connection broke after it was sent is not resent: its handle fails with
+/// [`ClientError::ConnectionLost`] and the PUT may or may not have been committed.
 ///
 /// ```no_run
 /// # async fn f(client: weir_client::Client) -> Result<(), weir_client::ClientError> {
@@ -67,10 +76,11 @@ impl Producer {
 
     /// Queues one PUT, first waiting (up to the request timeout) while `window` PUTs are
     /// unanswered. The returned handle may be awaited for the result or dropped; either way
-    /// the PUT stays in the window until the node answers it.
+    /// the PUT stays in the window until it is finally answered, including resends after
+    /// "not leader" answers (see [`Producer`]).
     ///
     /// Fails right away for a key or value above the protocol's limits, and with
-    /// [`ClientError::Connect`] if the node cannot be reached.
+    /// [`ClientError::Connect`] if no node can be reached.
     pub async fn send(
         &mut self,
         key: Option<&[u8]>,
@@ -83,8 +93,18 @@ impl Producer {
             .await
             .map_err(|_| ClientError::Timeout(timeout))?
             .map_err(|_| ClientError::ConnectionLost("producer closed".into()))?;
-        let pending = inner.start(request, Some(permit)).await?;
-        Ok(PutHandle { pending })
+        let mut call = RoutedCall::new(inner.clone(), Target::Topic(self.topic.clone()));
+        // Sent here, so the PUTs of this producer go out in send order.
+        let pending = call.dispatch(request).await?;
+        let (tx, rx) = oneshot::channel();
+        // The answer (and any resend it calls for) is handled by a task of its own, so a PUT
+        // is resent and leaves the window even if nobody awaits its handle.
+        tokio::spawn(async move {
+            let result = call.settle(pending).await.and_then(committed);
+            drop(permit);
+            let _ = tx.send(result);
+        });
+        Ok(PutHandle { rx })
     }
 
     /// Waits until every PUT sent through this producer has been answered (committed or
@@ -103,17 +123,22 @@ impl Producer {
 
 /// The outcome of one PUT sent by a [`Producer`]: `.await` it (or call [`PutHandle::wait`]) for
 /// the [`Committed`] offset and timestamp. Waiting is bounded by the request timeout, counted
-/// from the send.
+/// from the send, resends to a new leader included.
 #[derive(Debug)]
 #[must_use = "a PutHandle tells whether the PUT committed; await it or drop it explicitly"]
 pub struct PutHandle {
-    pending: PendingReply,
+    rx: oneshot::Receiver<Result<Committed, ClientError>>,
 }
 
 impl PutHandle {
-    /// Waits for the node's answer.
+    /// Waits for the final answer: [`Committed`], or the error that ended the PUT (see
+    /// [`Producer`] for which errors leave the outcome unknown).
     pub async fn wait(self) -> Result<Committed, ClientError> {
-        committed(self.pending.wait().await?)
+        self.rx.await.unwrap_or_else(|_| {
+            Err(ClientError::ConnectionLost(
+                "the PUT was abandoned (the runtime is shutting down?)".into(),
+            ))
+        })
     }
 }
 

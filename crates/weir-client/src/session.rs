@@ -4,6 +4,7 @@
 
 use crate::ClientError;
 use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -24,11 +25,17 @@ const READ_CHUNK: usize = 256 * 1024;
 
 type ReplyResult = Result<Reply, ClientError>;
 
+/// What reaches a waiting caller: the reply (or why there is none) and, if the caller asked to
+/// keep it, the request as it was sent, so that it can be resent elsewhere without a copy.
+type Answer = (ReplyResult, Option<Request>);
+
 /// What a caller waiting for a reply holds on to; the permits are released when the reply is
 /// routed (or the request fails), whether or not the caller is still waiting.
 struct Waiter {
-    tx: oneshot::Sender<ReplyResult>,
+    tx: oneshot::Sender<Answer>,
     _permits: Vec<OwnedSemaphorePermit>,
+    /// The request, handed back by the writer once encoded (only if the caller keeps it).
+    request: Option<Request>,
 }
 
 #[derive(Default)]
@@ -65,12 +72,21 @@ impl Waiters {
     fn complete(&self, id: RequestId, result: ReplyResult) -> bool {
         let waiter = self.lock().waiters.remove(&id);
         match waiter {
-            Some(waiter) => {
+            Some(mut waiter) => {
                 // The caller may have stopped waiting (dropped its handle): fine.
-                let _ = waiter.tx.send(result);
+                let request = waiter.request.take();
+                let _ = waiter.tx.send((result, request));
                 true
             }
             None => false,
+        }
+    }
+
+    /// Stores the encoded request with its waiter, for a caller that may resend it. Called by
+    /// the writer before the bytes are written, so before any reply can arrive.
+    fn keep(&self, id: RequestId, request: Request) {
+        if let Some(waiter) = self.lock().waiters.get_mut(&id) {
+            waiter.request = Some(request);
         }
     }
 
@@ -90,8 +106,9 @@ impl Waiters {
         if !drained.is_empty() {
             tracing::debug!(requests = drained.len(), error = %err, "failing outstanding requests");
         }
-        for waiter in drained {
-            let _ = waiter.tx.send(Err(err.clone()));
+        for mut waiter in drained {
+            let request = waiter.request.take();
+            let _ = waiter.tx.send((Err(err.clone()), request));
         }
     }
 
@@ -103,6 +120,22 @@ impl Waiters {
 struct Outgoing {
     id: RequestId,
     request: Request,
+    /// Hand the request back with its reply (see [`PendingReply::wait_keeping`]).
+    keep: bool,
+}
+
+/// A request that never left the client (the connection had failed, or the write queue stayed
+/// full until the deadline): it can be sent elsewhere without risk of being applied twice.
+#[derive(Debug)]
+pub(crate) struct NotSent {
+    pub(crate) err: ClientError,
+    pub(crate) request: Request,
+}
+
+impl From<NotSent> for ClientError {
+    fn from(not_sent: NotSent) -> Self {
+        not_sent.err
+    }
 }
 
 /// A connection with its request stream.
@@ -157,7 +190,7 @@ impl Session {
         };
         let deadline = Instant::now() + request_timeout;
         match session
-            .send(hello, Vec::new(), deadline)
+            .send(hello, Vec::new(), deadline, false)
             .await?
             .wait()
             .await?
@@ -184,41 +217,59 @@ impl Session {
         !self.waiters.is_failed() && self.conn.close_reason().is_none()
     }
 
+    /// The node's address.
+    pub(crate) fn remote(&self) -> SocketAddr {
+        self.conn.remote_address()
+    }
+
     /// Queues `request`; the returned handle waits for its reply until `deadline`. `permits`
-    /// are released when the reply arrives or the request fails.
+    /// are released when the reply arrives or the request fails. With `keep`, the request is
+    /// handed back with the reply ([`PendingReply::wait_keeping`]).
+    ///
+    /// A request refused here never reached the wire: [`NotSent`] gives it back.
     pub(crate) async fn send(
         self: &Arc<Self>,
         request: Request,
         permits: Vec<OwnedSemaphorePermit>,
         deadline: Instant,
-    ) -> Result<PendingReply, ClientError> {
+        keep: bool,
+    ) -> Result<PendingReply, NotSent> {
         let id = RequestId(self.next_id.fetch_add(1, Ordering::Relaxed));
         let (tx, rx) = oneshot::channel();
-        self.waiters.register(
-            id,
-            Waiter {
-                tx,
-                _permits: permits,
-            },
-        )?;
+        let waiter = Waiter {
+            tx,
+            _permits: permits,
+            request: None,
+        };
+        if let Err(err) = self.waiters.register(id, waiter) {
+            return Err(NotSent { err, request });
+        }
         let timeout = deadline.saturating_duration_since(Instant::now());
-        match tokio::time::timeout_at(deadline, self.queue.send(Outgoing { id, request })).await {
-            Ok(Ok(())) => Ok(PendingReply {
-                id,
-                rx,
-                session: self.clone(),
-                deadline,
-                timeout,
-            }),
+        // Reserve a slot first, so that a timeout or a stopped writer leaves the request here.
+        match tokio::time::timeout_at(deadline, self.queue.reserve()).await {
+            Ok(Ok(slot)) => {
+                slot.send(Outgoing { id, request, keep });
+                Ok(PendingReply {
+                    id,
+                    rx,
+                    session: self.clone(),
+                    deadline,
+                    timeout,
+                })
+            }
             Ok(Err(_)) => {
                 self.waiters.cancel(id);
-                Err(ClientError::ConnectionLost(
-                    "the request stream stopped".into(),
-                ))
+                Err(NotSent {
+                    err: ClientError::ConnectionLost("the request stream stopped".into()),
+                    request,
+                })
             }
             Err(_) => {
                 self.waiters.cancel(id);
-                Err(ClientError::Timeout(timeout))
+                Err(NotSent {
+                    err: ClientError::Timeout(timeout),
+                    request,
+                })
             }
         }
     }
@@ -227,7 +278,7 @@ impl Session {
 /// A request on its way; [`PendingReply::wait`] returns its reply.
 pub(crate) struct PendingReply {
     id: RequestId,
-    rx: oneshot::Receiver<ReplyResult>,
+    rx: oneshot::Receiver<Answer>,
     /// Keeps the connection open while someone may still wait for this reply.
     session: Arc<Session>,
     deadline: Instant,
@@ -243,17 +294,32 @@ impl std::fmt::Debug for PendingReply {
 }
 
 impl PendingReply {
-    pub(crate) async fn wait(mut self) -> Result<Reply, ClientError> {
+    /// Waits for the reply until the deadline given to [`Session::send`].
+    pub(crate) async fn wait(self) -> Result<Reply, ClientError> {
+        self.wait_keeping().await.0
+    }
+
+    /// Like [`PendingReply::wait`], also returning the request if it was sent with `keep` and
+    /// the writer got to encode it.
+    pub(crate) async fn wait_keeping(mut self) -> Answer {
         match tokio::time::timeout_at(self.deadline, &mut self.rx).await {
-            Ok(Ok(result)) => result,
-            Ok(Err(_)) => Err(ClientError::ConnectionLost(
-                "the request was dropped with its connection".into(),
-            )),
+            Ok(Ok(answer)) => answer,
+            Ok(Err(_)) => (
+                Err(ClientError::ConnectionLost(
+                    "the request was dropped with its connection".into(),
+                )),
+                None,
+            ),
             Err(_) => {
                 self.session.waiters.cancel(self.id);
-                Err(ClientError::Timeout(self.timeout))
+                (Err(ClientError::Timeout(self.timeout)), None)
             }
         }
+    }
+
+    /// The node the request went to.
+    pub(crate) fn remote(&self) -> SocketAddr {
+        self.session.remote()
     }
 }
 
@@ -271,14 +337,23 @@ async fn write_loop(
     while let Some(first) = rx.recv().await {
         buf.clear();
         let mut next = Some(first);
-        while let Some(Outgoing { id, mut request }) = next.take() {
+        while let Some(Outgoing {
+            id,
+            mut request,
+            keep,
+        }) = next.take()
+        {
             if let Request::Put(put) = &mut request {
                 put.seq = Seq(seq.fetch_add(1, Ordering::Relaxed));
             }
-            if let Err(e) = encode_frame(&ClientFrame { id, request }, &mut buf) {
+            let frame = ClientFrame { id, request };
+            if let Err(e) = encode_frame(&frame, &mut buf) {
                 waiters.complete(id, Err(ClientError::Protocol(format!("cannot send: {e}"))));
             } else {
                 frames += 1;
+                if keep {
+                    waiters.keep(id, frame.request);
+                }
             }
             if buf.len() < COALESCE_BYTES {
                 next = rx.try_recv().ok();
@@ -342,6 +417,8 @@ pub(crate) fn reply_kind(reply: &Reply) -> &'static str {
         Reply::Events(_) => "Events",
         Reply::Status(_) => "Status",
         Reply::Error(_) => "Error",
+        Reply::Cluster(_) => "Cluster",
+        Reply::ClusterChanged => "ClusterChanged",
     }
 }
 
@@ -361,12 +438,13 @@ mod tests {
     use super::*;
     use weir_proto::{Committed, ErrorCode, ErrorReply, Offset, TimestampMs};
 
-    fn waiter() -> (Waiter, oneshot::Receiver<ReplyResult>) {
+    fn waiter() -> (Waiter, oneshot::Receiver<Answer>) {
         let (tx, rx) = oneshot::channel();
         (
             Waiter {
                 tx,
                 _permits: Vec::new(),
+                request: None,
             },
             rx,
         )
@@ -406,8 +484,8 @@ mod tests {
         decoder.extend(b);
         route_frames(&mut decoder, &waiters).unwrap();
 
-        assert_eq!(rx1.try_recv().unwrap().unwrap(), committed(10));
-        assert_eq!(rx2.try_recv().unwrap().unwrap(), committed(20));
+        assert_eq!(rx1.try_recv().unwrap().0.unwrap(), committed(10));
+        assert_eq!(rx2.try_recv().unwrap().0.unwrap(), committed(20));
     }
 
     #[test]
@@ -417,7 +495,7 @@ mod tests {
         waiters.register(RequestId(1), w1).unwrap();
         waiters.fail(ClientError::ConnectionLost("gone".into()));
         assert_eq!(
-            rx1.try_recv().unwrap(),
+            rx1.try_recv().unwrap().0,
             Err(ClientError::ConnectionLost("gone".into()))
         );
         let (w2, _rx2) = waiter();
@@ -426,6 +504,33 @@ mod tests {
             Err(ClientError::ConnectionLost("gone".into()))
         );
         assert!(waiters.is_failed());
+    }
+
+    #[test]
+    fn a_kept_request_comes_back_with_its_reply_or_its_failure() {
+        let waiters = Waiters::default();
+        let (w1, mut rx1) = waiter();
+        let (w2, mut rx2) = waiter();
+        waiters.register(RequestId(1), w1).unwrap();
+        waiters.register(RequestId(2), w2).unwrap();
+        waiters.keep(RequestId(1), Request::Status);
+        waiters.keep(RequestId(2), Request::ListTopics);
+        // Keeping for a request nobody waits for any more just drops it.
+        waiters.keep(RequestId(3), Request::Cluster);
+
+        assert!(waiters.complete(RequestId(1), Ok(committed(1))));
+        assert_eq!(
+            rx1.try_recv().unwrap(),
+            (Ok(committed(1)), Some(Request::Status))
+        );
+        waiters.fail(ClientError::ConnectionLost("gone".into()));
+        assert_eq!(
+            rx2.try_recv().unwrap(),
+            (
+                Err(ClientError::ConnectionLost("gone".into())),
+                Some(Request::ListTopics)
+            )
+        );
     }
 
     #[test]

@@ -23,6 +23,12 @@ pub const SEGMENT_BYTES_DEFAULT: u64 = 64 * 1024 * 1024;
 pub const RETENTION_CHECK_INTERVAL_MS_DEFAULT: u64 = 60_000;
 /// Smallest segment size accepted (a segment must hold at least a few records' headers).
 pub const SEGMENT_BYTES_MIN: u64 = 4096;
+/// Default lower bound of the Raft election timeout (drawn in `[t, 2t)`). A dead leader is
+/// replaced within about one to two of these; lower makes failover faster but risks needless
+/// elections when a busy machine delays heartbeats.
+pub const ELECTION_TIMEOUT_MS_DEFAULT: u64 = 500;
+/// Default Raft heartbeat period (must be well below the election timeout).
+pub const HEARTBEAT_INTERVAL_MS_DEFAULT: u64 = 100;
 
 #[derive(Clone, Debug)]
 pub struct NodeConfig {
@@ -52,6 +58,13 @@ pub struct NodeConfig {
     /// Default retention of new topics by age (`None`: keep everything).
     pub retention_ms: Option<u64>,
     pub retention_check_interval_ms: u64,
+    /// Raft election timeout lower bound; the timeout is drawn in `[t, 2t)`.
+    pub election_timeout_ms: u64,
+    /// Raft leader heartbeat period.
+    pub heartbeat_interval_ms: u64,
+    /// This node joins an existing cluster (`weir node --join`): it does not found a metadata
+    /// group of its own but waits for `weir cluster add-node` to make it a member.
+    pub join: bool,
 }
 
 impl NodeConfig {
@@ -71,7 +84,20 @@ impl NodeConfig {
             retention_bytes: None,
             retention_ms: None,
             retention_check_interval_ms: RETENTION_CHECK_INTERVAL_MS_DEFAULT,
+            election_timeout_ms: ELECTION_TIMEOUT_MS_DEFAULT,
+            heartbeat_interval_ms: HEARTBEAT_INTERVAL_MS_DEFAULT,
+            join: false,
         }
+    }
+
+    /// The Raft core's configuration for this node (the seed is the caller's).
+    pub fn raft_config(&self, random_seed: u64) -> weir_raft::Config {
+        let mut raft = weir_raft::Config::new(self.node_id);
+        raft.election_timeout_min_ms = self.election_timeout_ms;
+        raft.election_timeout_max_ms = self.election_timeout_ms * 2;
+        raft.heartbeat_interval_ms = self.heartbeat_interval_ms;
+        raft.random_seed = random_seed;
+        raft
     }
 
     /// The other members of the cluster (the peer list without this node).
@@ -133,6 +159,12 @@ impl NodeConfig {
         if let Some(v) = file.retention_check_interval_ms {
             c.retention_check_interval_ms = v;
         }
+        if let Some(v) = file.election_timeout_ms {
+            c.election_timeout_ms = v;
+        }
+        if let Some(v) = file.heartbeat_interval_ms {
+            c.heartbeat_interval_ms = v;
+        }
         c.validate().map_err(|e| e.to_string())?;
         Ok(c)
     }
@@ -177,6 +209,15 @@ impl NodeConfig {
         }
         if self.retention_check_interval_ms == 0 {
             return bad("retention_check_interval_ms must be above 0".into());
+        }
+        if self.heartbeat_interval_ms == 0
+            || self.heartbeat_interval_ms >= self.election_timeout_ms
+            || self.election_timeout_ms > 60_000
+        {
+            return bad(format!(
+                "need 0 < heartbeat_interval_ms ({}) < election_timeout_ms ({}) <= 60000",
+                self.heartbeat_interval_ms, self.election_timeout_ms
+            ));
         }
         Ok(())
     }
@@ -223,6 +264,8 @@ struct ConfigFile {
     retention_bytes: Option<u64>,
     retention_ms: Option<u64>,
     retention_check_interval_ms: Option<u64>,
+    election_timeout_ms: Option<u64>,
+    heartbeat_interval_ms: Option<u64>,
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -33,10 +33,12 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use weir_proto::TimestampMs;
 use weir_raft::{
-    Config, Entry, Envelope, LogIndex, LogStore, Membership, Millis, NodeId, Output, ProposeError,
-    Raft, Role, Term,
+    Config, Entry, Envelope, LogIndex, LogStore, Membership, MembershipChange, Millis, NodeId,
+    Output, ProposeError, Raft, Role, Term,
 };
+use weir_storage::FsyncPolicy;
 
 use crate::group_store::GroupStore;
 use crate::peer::{GroupId, PeerNet};
@@ -66,8 +68,36 @@ impl Transport for PeerNet {
 pub struct GroupConfig {
     pub group: GroupId,
     pub raft: Config,
-    /// Membership if the store has none (every founding member passes the same set).
+    /// Membership if the store has none (every founding member passes the same set; a node
+    /// joining an existing group passes an empty one and learns it from the leader).
     pub initial: Membership,
+    /// Proposals are weir-proto entries ([`weir_proto::entry`]): the thread stamps each with
+    /// the leader's timestamp, in log order, never below the log's last timestamp.
+    pub stamp_timestamps: bool,
+    /// `Always`: entries are reported persisted (and so acknowledged, voted on, committed)
+    /// only after the round's fsync. `Interval`/`Never` report them at once and fsync every
+    /// interval / never: explicit, documented trades of durability for speed.
+    pub fsync: FsyncPolicy,
+    /// Retention of the group's log, applied by compacting (an empty snapshot: for groups whose
+    /// state machine needs none, as plain topics). `None`: keep everything.
+    pub retention: Option<Retention>,
+}
+
+/// Size and age limits of a group's log, checked every `check_interval_ms`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Retention {
+    pub bytes: Option<u64>,
+    pub ms: Option<u64>,
+    pub check_interval_ms: u64,
+}
+
+/// A proposal that committed: where, in which term, and the timestamp it was stamped with
+/// (0 for groups without `stamp_timestamps` and for membership changes).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Decided {
+    pub index: LogIndex,
+    pub term: Term,
+    pub timestamp_ms: TimestampMs,
 }
 
 /// Why a proposal did not (or may not have) become a committed entry.
@@ -96,7 +126,7 @@ pub enum ProposalError {
 }
 
 /// Answer to one proposal, called once, from the group thread.
-pub type ProposalReply = Box<dyn FnOnce(Result<(LogIndex, Term), ProposalError>) + Send>;
+pub type ProposalReply = Box<dyn FnOnce(Result<Decided, ProposalError>) + Send>;
 /// The state machine: committed entries, in order, each once (all payload kinds).
 pub type OnApply = Box<dyn FnMut(&[Entry]) + Send>;
 
@@ -114,6 +144,12 @@ pub struct GroupStatus {
     pub persisted_index: LogIndex,
     /// Leader only: each peer's match index.
     pub peer_match: BTreeMap<NodeId, LogIndex>,
+    /// The group's configuration as this replica knows it (latest appended).
+    pub membership: Membership,
+    /// Counters of the group's log.
+    pub log_stats: weir_storage::LogStats,
+    /// Last index actually fsynced (below `persisted_index` under `Interval`/`Never`).
+    pub synced_index: LogIndex,
     /// Proposals waiting for their Apply.
     pub pending_proposals: usize,
     /// `store.sync()` calls made (each at most one fsync): group commit makes it far fewer
@@ -128,6 +164,8 @@ pub struct GroupStatus {
 enum Input {
     Deliver(Envelope),
     Propose(Vec<u8>, ReplyOnce),
+    ProposeMembership(MembershipChange, ReplyOnce),
+    Transfer(NodeId),
     Stop,
 }
 
@@ -136,7 +174,7 @@ enum Input {
 struct ReplyOnce(Option<ProposalReply>);
 
 impl ReplyOnce {
-    fn send(mut self, result: Result<(LogIndex, Term), ProposalError>) {
+    fn send(mut self, result: Result<Decided, ProposalError>) {
         if let Some(reply) = self.0.take() {
             reply(result);
         }
@@ -206,6 +244,12 @@ impl GroupHandle {
             on_apply,
             shared: shared.clone(),
             pending: BTreeMap::new(),
+            stamp_timestamps: config.stamp_timestamps,
+            fsync: config.fsync,
+            retention: config.retention,
+            last_retention: Instant::now(),
+            last_sync: Instant::now(),
+            unsynced: false,
             appended: None,
             syncs: 0,
             failure: None,
@@ -240,6 +284,21 @@ impl GroupHandle {
             .inner
             .tx
             .send(Input::Propose(data, ReplyOnce(Some(reply))));
+    }
+
+    /// Proposes a one-server membership change; `reply` is called once it is applied, or with
+    /// why not (`Rejected(MembershipChangePending)` while another change is uncommitted).
+    pub fn propose_membership(&self, change: MembershipChange, reply: ProposalReply) {
+        let _ = self
+            .inner
+            .tx
+            .send(Input::ProposeMembership(change, ReplyOnce(Some(reply))));
+    }
+
+    /// Asks the leader to hand leadership to voter `to` (ignored unless this node leads and
+    /// `to` is a voter: best effort, like the core's transfer).
+    pub fn transfer_leadership(&self, to: NodeId) {
+        let _ = self.inner.tx.send(Input::Transfer(to));
     }
 
     pub fn status(&self) -> GroupStatus {
@@ -317,11 +376,19 @@ fn status_of(
             .into_iter()
             .map(|(id, p)| (id, p.match_index))
             .collect(),
+        membership: s.membership,
+        log_stats: raft.store().log_stats(),
+        synced_index: raft.store().synced_index(),
         pending_proposals: pending,
         syncs,
         failure,
         stopped,
     }
+}
+
+enum Proposal {
+    Data(Vec<u8>),
+    Membership(MembershipChange),
 }
 
 struct Runner {
@@ -333,8 +400,15 @@ struct Runner {
     transport: Arc<dyn Transport>,
     on_apply: OnApply,
     shared: Arc<Shared>,
-    /// Proposals by index: (term, reply).
-    pending: BTreeMap<LogIndex, (Term, ReplyOnce)>,
+    /// Proposals by index: (term, stamped timestamp, reply).
+    pending: BTreeMap<LogIndex, (Term, TimestampMs, ReplyOnce)>,
+    stamp_timestamps: bool,
+    fsync: FsyncPolicy,
+    retention: Option<Retention>,
+    last_retention: Instant,
+    last_sync: Instant,
+    /// Entries were reported persisted without an fsync (`Interval`/`Never`).
+    unsynced: bool,
     /// Last entry written since the last sync.
     appended: Option<(LogIndex, Term)>,
     syncs: u64,
@@ -354,10 +428,14 @@ impl Runner {
         let mut stop = false;
         while !stop {
             let now = self.now();
-            let wait_ms = match self.raft.next_timeout() {
+            let mut wait_ms = match self.raft.next_timeout() {
                 Some(t) if self.failure.is_none() => t.saturating_sub(now),
                 _ => IDLE_WAIT_MS,
             };
+            if let (true, FsyncPolicy::Interval { interval_ms }) = (self.unsynced, self.fsync) {
+                let since = u64::try_from(self.last_sync.elapsed().as_millis()).unwrap_or(u64::MAX);
+                wait_ms = wait_ms.min(interval_ms.saturating_sub(since));
+            }
             match self.rx.recv_timeout(Duration::from_millis(wait_ms)) {
                 Ok(input) => stop = self.handle(input),
                 Err(mpsc::RecvTimeoutError::Timeout) => {}
@@ -375,6 +453,7 @@ impl Runner {
             }
             self.maybe_timeout();
             self.finish_round();
+            self.maybe_apply_retention();
         }
         self.shutdown();
     }
@@ -390,12 +469,24 @@ impl Runner {
                     self.drain();
                 }
             }
-            Input::Propose(data, reply) => self.propose(data, reply),
+            Input::Propose(data, reply) => self.propose(Proposal::Data(data), reply),
+            Input::ProposeMembership(change, reply) => {
+                self.propose(Proposal::Membership(change), reply)
+            }
+            Input::Transfer(to) => {
+                if self.failure.is_none() {
+                    let now = self.now();
+                    if let Err(e) = self.raft.transfer_leadership(now, to) {
+                        tracing::debug!(%to, error = %e, "leadership transfer not started");
+                    }
+                    self.drain();
+                }
+            }
         }
         false
     }
 
-    fn propose(&mut self, data: Vec<u8>, reply: ReplyOnce) {
+    fn propose(&mut self, proposal: Proposal, reply: ReplyOnce) {
         if let Some(reason) = &self.failure {
             return reply.send(Err(ProposalError::Storage(reason.clone())));
         }
@@ -403,10 +494,24 @@ impl Runner {
             return reply.send(Err(ProposalError::Busy));
         }
         let now = self.now();
-        match self.raft.propose(now, data) {
+        let mut timestamp_ms = TimestampMs::ZERO;
+        let result = match proposal {
+            Proposal::Data(mut data) => {
+                if self.stamp_timestamps && self.raft.role() == Role::Leader {
+                    // Stamped here, on the group thread, so timestamps follow log order; the
+                    // store's last timestamp covers entries of earlier leaders too.
+                    let last = self.raft.store().last_timestamp();
+                    timestamp_ms = TimestampMs(crate::clock::now_ms().max(last.0));
+                    weir_proto::entry::stamp_timestamp(&mut data, timestamp_ms);
+                }
+                self.raft.propose(now, data)
+            }
+            Proposal::Membership(change) => self.raft.propose_membership(now, change),
+        };
+        match result {
             Ok((index, term)) => {
                 // An older proposal at this index can no longer commit: this term replaced it.
-                if let Some((_, old)) = self.pending.insert(index, (term, reply)) {
+                if let Some((_, _, old)) = self.pending.insert(index, (term, timestamp_ms, reply)) {
                     old.send(Err(ProposalError::Lost));
                 }
             }
@@ -474,10 +579,16 @@ impl Runner {
                                 .map(|(i, _)| *i)
                                 .collect();
                             for index in covered {
-                                if let Some((term, reply)) = self.pending.remove(&index) {
+                                if let Some((term, timestamp_ms, reply)) =
+                                    self.pending.remove(&index)
+                                {
                                     reply.send(if index == meta.last_index {
                                         if term == meta.last_term {
-                                            Ok((index, term))
+                                            Ok(Decided {
+                                                index,
+                                                term,
+                                                timestamp_ms,
+                                            })
                                         } else {
                                             Err(ProposalError::Lost)
                                         }
@@ -507,9 +618,13 @@ impl Runner {
             if *entry.key() > index {
                 break;
             }
-            let (at, (proposed_term, reply)) = entry.remove_entry();
+            let (at, (proposed_term, timestamp_ms, reply)) = entry.remove_entry();
             reply.send(if at == index && proposed_term == term {
-                Ok((index, term))
+                Ok(Decided {
+                    index,
+                    term,
+                    timestamp_ms,
+                })
             } else {
                 Err(ProposalError::Lost)
             });
@@ -523,15 +638,28 @@ impl Runner {
             let Some((index, term)) = self.appended.take() else {
                 break;
             };
-            self.syncs += 1;
-            match self.raft.store_mut().sync() {
-                Ok(_) => {
+            let synced = match self.fsync {
+                FsyncPolicy::Always => self.sync_now(),
+                FsyncPolicy::Interval { .. } | FsyncPolicy::Never => {
+                    self.unsynced = true;
+                    Ok(())
+                }
+            };
+            match synced {
+                Ok(()) => {
                     let now = self.now();
                     self.raft.handle_persisted(now, index, term);
                     self.drain();
                 }
                 Err(e) => self.fail(format!("syncing the log: {e}")),
             }
+        }
+        if let (true, FsyncPolicy::Interval { interval_ms }) = (self.unsynced, self.fsync)
+            && self.failure.is_none()
+            && self.last_sync.elapsed() >= Duration::from_millis(interval_ms)
+            && let Err(e) = self.sync_now()
+        {
+            self.fail(format!("syncing the log: {e}"));
         }
         if self.failure.is_none()
             && let Some(reason) = self.raft.store().failure()
@@ -542,12 +670,69 @@ impl Runner {
         self.publish(false);
     }
 
+    /// Compacts the log up to what retention lets go (never beyond the applied index), with an
+    /// empty snapshot. Followers behind it get that snapshot and restart their log after it.
+    fn maybe_apply_retention(&mut self) {
+        let Some(retention) = self.retention else {
+            return;
+        };
+        if self.failure.is_some()
+            || self.last_retention.elapsed() < Duration::from_millis(retention.check_interval_ms)
+        {
+            return;
+        }
+        self.last_retention = Instant::now();
+        let now_ms = TimestampMs(crate::clock::now_ms());
+        let cutoff = self
+            .raft
+            .store()
+            .retention_cutoff(now_ms, retention.bytes, retention.ms);
+        let applied = self.raft.status().applied_index;
+        let index = cutoff.min(applied);
+        let snapshot_index = self.raft.store().first_index().0 - 1;
+        if index.0 <= snapshot_index {
+            return;
+        }
+        let (Some(term), Some(membership)) = (
+            self.raft.store().term(index),
+            self.raft.membership_at(index),
+        ) else {
+            tracing::debug!(%index, "retention: no term or membership known at the cutoff; later");
+            return;
+        };
+        let snapshot = weir_raft::Snapshot {
+            meta: weir_raft::SnapshotMeta {
+                last_index: index,
+                last_term: term,
+                membership,
+            },
+            data: Vec::new(),
+        };
+        match self.raft.store_mut().compact(snapshot) {
+            Ok(()) => {
+                tracing::info!(%index, "retention compacted the log");
+                let now = self.now();
+                self.raft.handle_compacted(now);
+                self.drain();
+                self.publish(false);
+            }
+            Err(e) => self.fail(format!("compacting the log: {e}")),
+        }
+    }
+
+    fn sync_now(&mut self) -> Result<(), crate::group_store::GroupStoreError> {
+        self.syncs += 1;
+        self.last_sync = Instant::now();
+        self.unsynced = false;
+        self.raft.store_mut().sync().map(|_| ())
+    }
+
     fn fail(&mut self, reason: String) {
         if self.failure.is_some() {
             return;
         }
         tracing::error!(error = %reason, "group storage failed; the group stops taking part");
-        for (_, (_, reply)) in std::mem::take(&mut self.pending) {
+        for (_, (_, _, reply)) in std::mem::take(&mut self.pending) {
             reply.send(Err(ProposalError::Storage(reason.clone())));
         }
         self.appended = None;

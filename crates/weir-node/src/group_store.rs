@@ -290,6 +290,35 @@ impl GroupStore {
         Ok(store)
     }
 
+    /// A reader of the group's log (record at offset `i - 1` = Raft entry `i`). It stays valid
+    /// across compactions and snapshot installations (see the module docs).
+    pub fn reader(&self) -> LogReader {
+        self.reader.clone()
+    }
+
+    /// Timestamp of the log's last record: timestamps never decrease along the log, so a
+    /// leader stamps new entries with at least this.
+    pub fn last_timestamp(&self) -> TimestampMs {
+        self.last_timestamp
+    }
+
+    /// The last index retention with these limits would let go: entries up to it sit in
+    /// whole segments that are too old or beyond the size limit (0: none). Deletes nothing:
+    /// the driver compacts up to it (at most its applied index) with [`GroupStore::compact`].
+    pub fn retention_cutoff(
+        &self,
+        now_ms: TimestampMs,
+        retention_bytes: Option<u64>,
+        retention_ms: Option<u64>,
+    ) -> LogIndex {
+        // The record at offset o is entry o + 1: records below offset c are entries <= c.
+        LogIndex(
+            self.log
+                .retention_cutoff(now_ms, retention_bytes, retention_ms)
+                .get(),
+        )
+    }
+
     pub fn dir(&self) -> &Path {
         &self.dir
     }

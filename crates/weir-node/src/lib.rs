@@ -14,15 +14,16 @@
 //! (create, delete, list); `topic` owns one log and its group-commit writer thread. Only this
 //! crate and `weir-client` know tokio and quinn.
 
+pub mod catalog;
 pub mod certs;
 mod clock;
+pub mod cluster;
 pub mod config;
 pub mod group;
 pub mod group_store;
 pub mod peer;
 pub mod server;
 mod topic;
-mod topics;
 
 pub use config::{ConfigError, NodeConfig};
 pub use weir_raft::NodeId;
@@ -36,6 +37,8 @@ use tracing::Instrument;
 
 /// How long shutdown waits for connections to close before giving up on them.
 const SHUTDOWN_IDLE_WAIT_MS: u64 = 2_000;
+/// How long a node alone waits at start for its groups to elect it.
+const SINGLE_NODE_READY_WAIT_MS: u64 = 10_000;
 /// A client that sends nothing (not even keep-alives) for this long is disconnected.
 const IDLE_TIMEOUT_MS: u32 = 30_000;
 
@@ -47,8 +50,8 @@ pub enum StartError {
     Certs(#[from] certs::CertError),
     #[error("TLS setup: {0}")]
     Tls(String),
-    #[error("cannot open topics: {0}")]
-    Topics(#[from] topics::TopicsError),
+    #[error("cannot open the cluster state: {0}")]
+    Cluster(#[from] cluster::ClusterError),
     #[error("cannot listen on {addr}: {source}")]
     Bind {
         addr: SocketAddr,
@@ -78,12 +81,6 @@ impl Node {
         }
         let server_config = server_config(&cert_paths)?;
 
-        let open_config = config.clone();
-        let topics = tokio::task::spawn_blocking(move || topics::Topics::open(&open_config))
-            .await
-            .map_err(|e| StartError::Tls(format!("topic opening task failed: {e}")))??;
-        let topics = Arc::new(topics);
-
         let endpoint = quinn::Endpoint::server(server_config, config.listen).map_err(|source| {
             StartError::Bind {
                 addr: config.listen,
@@ -95,8 +92,8 @@ impl Node {
             source,
         })?;
         let other_peers = config.other_peers();
-        let peers = if other_peers.is_empty() {
-            None
+        let (peers, inbound) = if other_peers.is_empty() && !config.join {
+            (None, None)
         } else {
             let tls = peer::PeerTls::from_cert_paths(&cert_paths)
                 .map_err(|e| StartError::Tls(format!("peer TLS: {e}")))?;
@@ -104,12 +101,34 @@ impl Node {
             peer_config.cluster_id = config.cluster_id.clone();
             let (net, inbound) = peer::PeerNet::start(endpoint.clone(), peer_config, tls)
                 .map_err(|e| StartError::Tls(format!("peer transport: {e}")))?;
-            tokio::spawn(drain_peer_messages(inbound));
             tracing::info!(node_id = %config.node_id, peers = other_peers.len(), "peer transport started");
-            Some(net)
+            (Some(net), Some(inbound))
         };
+        let open_config = config.clone();
+        let open_peers = peers.clone();
+        let cluster = tokio::task::spawn_blocking(move || {
+            cluster::Cluster::open(&open_config, local_addr, open_peers)
+        })
+        .await
+        .map_err(|e| StartError::Tls(format!("cluster opening task failed: {e}")))??;
+        if let Some(inbound) = inbound {
+            tokio::spawn(route_peer_messages(inbound, Arc::downgrade(&cluster)));
+        } else {
+            // A node alone elects itself within one election timeout; wait for that so its
+            // first answers are not `NotLeader`.
+            let waiting = cluster.clone();
+            let ready = tokio::task::spawn_blocking(move || {
+                waiting.wait_for_leaders(Duration::from_millis(SINGLE_NODE_READY_WAIT_MS))
+            })
+            .await
+            .unwrap_or(false);
+            if !ready {
+                tracing::warn!("not every group elected itself in time; serving anyway");
+            }
+        }
+        let maintenance = tokio::spawn(maintain(Arc::downgrade(&cluster)));
         let ctx = Arc::new(server::Ctx {
-            topics: topics.clone(),
+            cluster: cluster.clone(),
             started: Instant::now(),
             fsync: config.fsync.to_string(),
             max_message_bytes: config.max_message_bytes,
@@ -119,14 +138,15 @@ impl Node {
             peer_addrs: other_peers,
             peers: peers.clone(),
         });
-        let span = tracing::info_span!("node", addr = %local_addr);
+        let span = tracing::info_span!("node", id = %config.node_id, addr = %local_addr);
         let accept = tokio::spawn(server::accept_loop(endpoint.clone(), ctx).instrument(span));
         tracing::info!(addr = %local_addr, data_dir = %config.data_dir.display(), fsync = %config.fsync, "weir node serving");
         Ok(RunningNode {
             endpoint,
             peers,
-            topics,
+            cluster,
             accept,
+            maintenance,
             certs: cert_paths,
             local_addr,
         })
@@ -139,8 +159,9 @@ impl Node {
 pub struct RunningNode {
     endpoint: quinn::Endpoint,
     peers: Option<peer::PeerNet>,
-    topics: Arc<topics::Topics>,
+    cluster: Arc<cluster::Cluster>,
     accept: tokio::task::JoinHandle<()>,
+    maintenance: tokio::task::JoinHandle<()>,
     certs: certs::CertPaths,
     local_addr: SocketAddr,
 }
@@ -161,8 +182,9 @@ impl RunningNode {
         }
         self.endpoint.close(0u32.into(), b"node shutting down");
         self.accept.abort();
-        let topics = self.topics.clone();
-        let _ = tokio::task::spawn_blocking(move || topics.close_all()).await;
+        self.maintenance.abort();
+        let cluster = self.cluster.clone();
+        let _ = tokio::task::spawn_blocking(move || cluster.shutdown()).await;
         let _ = tokio::time::timeout(
             Duration::from_millis(SHUTDOWN_IDLE_WAIT_MS),
             self.endpoint.wait_idle(),
@@ -172,14 +194,30 @@ impl RunningNode {
     }
 }
 
-/// Topics are not replicated yet (the Raft groups that will consume peer messages come next), so
-/// nothing sends on the peer transport; anything that arrives is logged and dropped rather than
-/// left to fill the inbound queue.
-async fn drain_peer_messages(
+/// Hands every message from the peer transport to its Raft group.
+async fn route_peer_messages(
     mut inbound: tokio::sync::mpsc::Receiver<(peer::GroupId, weir_raft::Envelope)>,
+    cluster: std::sync::Weak<cluster::Cluster>,
 ) {
     while let Some((group, envelope)) = inbound.recv().await {
-        tracing::debug!(%group, from = %envelope.from, "no Raft group runs here yet; peer message dropped");
+        let Some(cluster) = cluster.upgrade() else {
+            return;
+        };
+        cluster.deliver(group, envelope);
+    }
+}
+
+/// Runs the cluster's maintenance tick until the node stops.
+async fn maintain(cluster: std::sync::Weak<cluster::Cluster>) {
+    let mut tick = tokio::time::interval(Duration::from_millis(cluster::MAINTENANCE_INTERVAL_MS));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let Some(cluster) = cluster.upgrade() else {
+            return;
+        };
+        // Status reads and channel sends only: cheap enough for the runtime thread.
+        cluster.maintain();
     }
 }
 

@@ -15,6 +15,15 @@
 //!   the message (the newest) when the queue is full, counting it; Raft tolerates loss. A writer
 //!   per connection takes everything queued (up to [`PEER_FRAME_BYTES_TARGET`]) and writes it as
 //!   one frame with one `write_all`, messages grouped by Raft group.
+//! - **Dynamic peer set.** The peer list given to [`PeerNet::start`] is only the first one:
+//!   [`PeerNet::add_peer`] and [`PeerNet::remove_peer`] change it at run time, and
+//!   [`PeerNet::peers`] reads it. An added peer is treated exactly like a listed one (dialed if
+//!   its id is higher, its hello accepted if lower). A removed peer's connection is closed with
+//!   [`CLOSE_NORMAL`] and a reason, its dialer stops, its queue is dropped, and its hello is
+//!   refused like any unlisted node's. Re-adding an id starts afresh (new queue, counters from
+//!   zero). Giving a known peer a new address makes the dialer drop its connection and dial the
+//!   new address at once; an acceptor only records it (the peer's next connection replaces the
+//!   old one).
 //!
 //! Heartbeat coalescing happens at this level only: the heartbeats of every group due on the same
 //! tick go to each peer in one frame (one write, one QUIC packet when small), each still a full
@@ -31,7 +40,7 @@ use std::fmt;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::Duration;
 use tokio::sync::{Notify, mpsc, watch};
 use tracing::Instrument;
@@ -73,7 +82,8 @@ const ENVELOPE_OVERHEAD_BYTES: usize = 64;
 /// Estimated encoding of one entry besides its payload (term, index, tag, length varints).
 const ENTRY_OVERHEAD_BYTES: usize = 40;
 
-/// Close code: shutdown, or replaced by a newer connection from the same node.
+/// Close code: shutdown, peer removed or given a new address, or replaced by a newer connection
+/// from the same node.
 pub const CLOSE_NORMAL: u32 = 0;
 /// Close code: refused at the handshake (certificate, hello); the reason says why.
 pub const CLOSE_REFUSED: u32 = 1;
@@ -121,6 +131,8 @@ pub enum PeerError {
     Tls(String),
     #[error("peer configuration: {0}")]
     Config(String),
+    #[error("the peer transport is shut down")]
+    ShutDown,
 }
 
 /// Who this node is and whom it talks to.
@@ -330,10 +342,15 @@ struct Inner {
     server_name: Option<String>,
     endpoint: quinn::Endpoint,
     tls: PeerTls,
-    peers: BTreeMap<NodeId, Arc<Peer>>,
+    /// The current peer set: [`PeerNet::add_peer`] and [`PeerNet::remove_peer`] change it, the
+    /// acceptor checks hellos against it. Lock order: `peers` before `dialers`.
+    peers: RwLock<BTreeMap<NodeId, Arc<Peer>>>,
     inbound: mpsc::Sender<(GroupId, Envelope)>,
     shutdown: watch::Sender<bool>,
+    /// Dial tasks, aborted at shutdown. A removed peer's task ends by itself.
     dialers: Mutex<Vec<tokio::task::JoinHandle<()>>>,
+    /// Where dial tasks run, so that `add_peer` works from any thread.
+    runtime: tokio::runtime::Handle,
     span: tracing::Span,
 }
 
@@ -341,14 +358,16 @@ impl fmt::Debug for Inner {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("PeerNet")
             .field("me", &self.me)
-            .field("peers", &self.peers.keys().collect::<Vec<_>>())
+            .field("peers", &read(&self.peers).keys().collect::<Vec<_>>())
             .finish_non_exhaustive()
     }
 }
 
 struct Peer {
     id: NodeId,
-    addr: SocketAddr,
+    /// The peer's address; `None` once removed. Its tasks watch it: a dialer drops its
+    /// connection when it changes, every connection of the peer closes when it becomes `None`.
+    target: watch::Sender<Option<SocketAddr>>,
     queue: Mutex<Queue>,
     /// Signalled when something is queued.
     wake: Notify,
@@ -364,6 +383,8 @@ struct Peer {
 struct Queue {
     items: VecDeque<Queued>,
     bytes: usize,
+    /// Set when the peer is removed: nothing is queued any more.
+    closed: bool,
 }
 
 struct Queued {
@@ -392,6 +413,14 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+fn read<T>(m: &RwLock<T>) -> RwLockReadGuard<'_, T> {
+    m.read().unwrap_or_else(|e| e.into_inner())
+}
+
+fn write<T>(m: &RwLock<T>) -> RwLockWriteGuard<'_, T> {
+    m.write().unwrap_or_else(|e| e.into_inner())
+}
+
 /// The connection's own close reason if it has one (it names the peer's reason), else `e`.
 fn lost(conn: &quinn::Connection, e: &dyn fmt::Display) -> String {
     conn.close_reason()
@@ -418,7 +447,7 @@ impl Peer {
     fn new(id: NodeId, addr: SocketAddr) -> Self {
         Self {
             id,
-            addr,
+            target: watch::Sender::new(Some(addr)),
             queue: Mutex::default(),
             wake: Notify::new(),
             link: Mutex::default(),
@@ -432,6 +461,12 @@ impl Peer {
 
     fn count(counter: &AtomicU64, n: usize) {
         counter.fetch_add(n as u64, Ordering::Relaxed);
+    }
+
+    /// Resolves once `stop` holds for the peer's target (checked at once, then on every change).
+    async fn until(&self, stop: impl FnMut(&Option<SocketAddr>) -> bool) {
+        // The sender lives in `self`, so this only returns once `stop` held.
+        let _ = self.target.subscribe().wait_for(stop).await;
     }
 
     /// Takes queued messages, oldest first, up to [`PEER_FRAME_BYTES_TARGET`] (at least one),
@@ -520,7 +555,8 @@ impl PeerNet {
     /// with lower ids come in through [`PeerNet::handle_incoming`], which the endpoint's accept
     /// loop calls for connections that negotiated [`PEER_ALPN`]. Received messages come out of
     /// the returned receiver; each envelope's `from` is the verified sending node and its `to`
-    /// is this node. Must run inside a tokio runtime.
+    /// is this node. Must run inside a tokio runtime; the dial tasks, including those of peers
+    /// added later, run on it.
     pub fn start(
         endpoint: quinn::Endpoint,
         config: PeerConfig,
@@ -535,28 +571,100 @@ impl PeerNet {
             server_name: config.server_name,
             endpoint,
             tls,
-            peers: config
-                .peers
-                .into_iter()
-                .map(|(id, addr)| (id, Arc::new(Peer::new(id, addr))))
-                .collect(),
+            peers: RwLock::default(),
             inbound,
             shutdown: watch::channel(false).0,
             dialers: Mutex::default(),
+            runtime: tokio::runtime::Handle::current(),
             span: tracing::info_span!("node", id = %me),
         });
-        let dialers = inner
-            .peers
+        let net = PeerNet { inner };
+        for (id, addr) in config.peers {
+            net.add_peer(id, addr)?;
+        }
+        Ok((net, rx))
+    }
+
+    /// Starts talking to node `id` at `addr`, exactly as if it had been in the peer list given
+    /// to [`PeerNet::start`]: dials it if its id is higher than this node's, accepts its hello if
+    /// lower. Adding a known peer with its current address does nothing; with another address,
+    /// it records it, and a dialer drops its connection and dials the new address at once.
+    /// Refuses this node's own id, a new peer beyond [`PEERS_MAX`], and any call after
+    /// [`PeerNet::shutdown`].
+    pub fn add_peer(&self, id: NodeId, addr: SocketAddr) -> Result<(), PeerError> {
+        let inner = &self.inner;
+        if id == inner.me {
+            return Err(PeerError::Config(format!("{id} cannot be its own peer")));
+        }
+        let mut peers = write(&inner.peers);
+        // Checked under the dialers' lock, which `shutdown` takes after setting the flag: a dial
+        // task pushed here is either aborted by it or never spawned.
+        let mut dialers = lock(&inner.dialers);
+        if inner.is_shut_down() {
+            return Err(PeerError::ShutDown);
+        }
+        if let Some(peer) = peers.get(&id) {
+            let moved = peer.target.send_if_modified(|target| {
+                let moved = *target != Some(addr);
+                *target = Some(addr);
+                moved
+            });
+            if moved {
+                tracing::info!(parent: &inner.span, peer = %id, %addr, "peer address changed");
+            }
+            return Ok(());
+        }
+        if peers.len() >= PEERS_MAX {
+            return Err(PeerError::Config(format!(
+                "cannot add {id}: {} peers already (PEERS_MAX)",
+                peers.len()
+            )));
+        }
+        let peer = Arc::new(Peer::new(id, addr));
+        peers.insert(id, peer.clone());
+        if inner.me < id {
+            let span =
+                tracing::info_span!(parent: &inner.span, "peer", %id, addr = tracing::field::Empty);
+            dialers.retain(|task| !task.is_finished());
+            dialers.push(
+                inner
+                    .runtime
+                    .spawn(inner.clone().dial_loop(peer).instrument(span)),
+            );
+        }
+        tracing::debug!(parent: &inner.span, peer = %id, %addr, "peer added");
+        Ok(())
+    }
+
+    /// Stops talking to node `id`: closes its connection ([`CLOSE_NORMAL`], with a reason),
+    /// stops dialing it and drops its queued messages (counted as dropped). From then on its
+    /// hello is refused like any unlisted node's and `send` to it returns false. Does nothing
+    /// if `id` is not a peer.
+    pub fn remove_peer(&self, id: NodeId) {
+        let Some(peer) = write(&self.inner.peers).remove(&id) else {
+            return;
+        };
+        // Stops its dial task and the tasks of any connection, even one being set up now.
+        peer.target.send_replace(None);
+        let dropped = {
+            let mut q = lock(&peer.queue);
+            q.closed = true;
+            q.bytes = 0;
+            std::mem::take(&mut q.items).len()
+        };
+        Peer::count(&peer.dropped, dropped);
+        if let Some((_, conn)) = lock(&peer.link).current.take() {
+            conn.close(CLOSE_NORMAL.into(), self.inner.removed(id).as_bytes());
+        }
+        tracing::info!(parent: &self.inner.span, peer = %id, dropped, "peer removed");
+    }
+
+    /// The current peer set and each peer's address.
+    pub fn peers(&self) -> BTreeMap<NodeId, SocketAddr> {
+        read(&self.inner.peers)
             .values()
-            .filter(|p| me < p.id)
-            .map(|p| {
-                let span =
-                    tracing::info_span!(parent: &inner.span, "peer", id = %p.id, addr = %p.addr);
-                tokio::spawn(inner.clone().dial_loop(p.clone()).instrument(span))
-            })
-            .collect();
-        *lock(&inner.dialers) = dialers;
-        Ok((PeerNet { inner }, rx))
+            .filter_map(|p| Some((p.id, (*p.target.borrow())?)))
+            .collect()
     }
 
     /// Queues `envelope` for `envelope.to`, to travel with everything else queued for that node.
@@ -564,7 +672,7 @@ impl PeerNet {
     /// this node, larger than [`PEER_MESSAGE_BYTES_MAX`], or the peer's queue is full
     /// ([`PEER_QUEUE_MESSAGES_MAX`] / [`PEER_QUEUE_BYTES_MAX`]).
     pub fn send(&self, group: GroupId, envelope: Envelope) -> bool {
-        let Some(peer) = self.inner.peers.get(&envelope.to) else {
+        let Some(peer) = read(&self.inner.peers).get(&envelope.to).cloned() else {
             tracing::debug!(to = %envelope.to, %group, "dropping a message to a node that is not a peer");
             return false;
         };
@@ -576,8 +684,10 @@ impl PeerNet {
         let bytes = envelope_bytes(&envelope);
         let queued = bytes <= PEER_MESSAGE_BYTES_MAX && {
             let mut q = lock(&peer.queue);
-            let fits =
-                q.items.len() < PEER_QUEUE_MESSAGES_MAX && q.bytes + bytes <= PEER_QUEUE_BYTES_MAX;
+            // `closed`: removed since the lookup above.
+            let fits = !q.closed
+                && q.items.len() < PEER_QUEUE_MESSAGES_MAX
+                && q.bytes + bytes <= PEER_QUEUE_BYTES_MAX;
             if fits {
                 q.bytes += bytes;
                 q.items.push_back(Queued {
@@ -608,8 +718,7 @@ impl PeerNet {
 
     /// Per peer: connection state and counters.
     pub fn stats(&self) -> BTreeMap<NodeId, PeerStats> {
-        self.inner
-            .peers
+        read(&self.inner.peers)
             .values()
             .map(|p| {
                 let link = lock(&p.link);
@@ -629,14 +738,15 @@ impl PeerNet {
             .collect()
     }
 
-    /// Stops dialing, closes every peer connection and refuses new ones. Queued messages are
-    /// dropped. The endpoint itself is the caller's.
+    /// Stops dialing, closes every peer connection and refuses new ones (and new peers).
+    /// Queued messages are dropped. The endpoint itself is the caller's.
     pub fn shutdown(&self) {
         self.inner.shutdown.send_replace(true);
-        for task in lock(&self.inner.dialers).drain(..) {
+        let dialers = std::mem::take(&mut *lock(&self.inner.dialers));
+        for task in dialers {
             task.abort();
         }
-        for peer in self.inner.peers.values() {
+        for peer in read(&self.inner.peers).values() {
             if let Some((_, conn)) = lock(&peer.link).current.take() {
                 conn.close(CLOSE_NORMAL.into(), b"node shutting down");
             }
@@ -656,23 +766,64 @@ impl Inner {
         *self.shutdown.borrow()
     }
 
+    /// The close reason of a removed peer's connection.
+    fn removed(&self, id: NodeId) -> String {
+        format!("{} removed {id} from its peers", self.me)
+    }
+
+    /// Why a connection of `peer` is given up when its target changes: removed, or moved.
+    fn stop_reason(&self, peer: &Peer) -> String {
+        match *peer.target.borrow() {
+            None => self.removed(peer.id),
+            Some(addr) => format!("{} now dials {} at {addr}", self.me, peer.id),
+        }
+    }
+
+    /// Dials the peer's current address until shutdown or the peer's removal. An address change
+    /// cuts short the attempt, the connection or the backoff, and the new address is dialed.
     async fn dial_loop(self: Arc<Self>, peer: Arc<Peer>) {
         let backoff_min = Duration::from_millis(PEER_REDIAL_BACKOFF_MIN_MS);
         let mut backoff = backoff_min;
         let handshake_timeout = Duration::from_millis(PEER_HANDSHAKE_TIMEOUT_MS);
         while !self.is_shut_down() {
-            match tokio::time::timeout(handshake_timeout, self.dial(&peer)).await {
+            let Some(addr) = *peer.target.borrow() else {
+                break;
+            };
+            tracing::Span::current().record("addr", tracing::field::display(addr));
+            let moved = move |target: &Option<SocketAddr>| *target != Some(addr);
+            // The connection while the hello is exchanged, to close with a reason if abandoned.
+            let mut pending = None;
+            let dialed = tokio::select! {
+                dialed = tokio::time::timeout(handshake_timeout, self.dial(&peer, addr, &mut pending)) => dialed,
+                () = peer.until(moved) => {
+                    if let Some(conn) = pending {
+                        conn.close(CLOSE_NORMAL.into(), self.stop_reason(&peer).as_bytes());
+                    }
+                    continue;
+                }
+            };
+            match dialed {
                 Ok(Ok((conn, send, recv, decoder))) => {
                     backoff = backoff_min;
-                    self.run(&peer, conn, send, recv, decoder).await;
+                    self.run(&peer, conn, send, recv, decoder, Some(addr)).await;
                 }
                 Ok(Err(reason)) => self.dial_failed(&peer, reason),
-                Err(_) => self.dial_failed(
-                    &peer,
-                    format!("no connection and hello within {PEER_HANDSHAKE_TIMEOUT_MS} ms"),
-                ),
+                Err(_) => {
+                    let reason =
+                        format!("no connection and hello within {PEER_HANDSHAKE_TIMEOUT_MS} ms");
+                    if let Some(conn) = pending {
+                        conn.close(CLOSE_REFUSED.into(), reason.as_bytes());
+                    }
+                    self.dial_failed(&peer, reason);
+                }
             }
-            tokio::time::sleep(backoff).await;
+            tokio::select! {
+                () = tokio::time::sleep(backoff) => {}
+                () = peer.until(moved) => {
+                    backoff = backoff_min;
+                    continue;
+                }
+            }
             backoff = (backoff * 2).min(Duration::from_millis(PEER_REDIAL_BACKOFF_MAX_MS));
         }
     }
@@ -685,10 +836,13 @@ impl Inner {
         }
     }
 
-    /// Connects, sends the hello and checks the answer.
+    /// Connects to `addr`, sends the hello and checks the answer. The connection is put in
+    /// `pending` as soon as it exists, for the caller to close if it gives up on the hello.
     async fn dial(
         &self,
         peer: &Peer,
+        addr: SocketAddr,
+        pending: &mut Option<quinn::Connection>,
     ) -> Result<
         (
             quinn::Connection,
@@ -700,14 +854,15 @@ impl Inner {
     > {
         let name = match &self.server_name {
             Some(name) => name.clone(),
-            None => peer.addr.ip().to_string(),
+            None => addr.ip().to_string(),
         };
         let conn = self
             .endpoint
-            .connect_with(self.tls.client.clone(), peer.addr, &name)
+            .connect_with(self.tls.client.clone(), addr, &name)
             .map_err(|e| format!("cannot connect: {e}"))?
             .await
             .map_err(|e| format!("cannot connect: {e}"))?;
+        *pending = Some(conn.clone());
         let (mut send, mut recv) = conn
             .open_bi()
             .await
@@ -734,8 +889,8 @@ impl Inner {
         };
         let mismatch = if answer.node_id != peer.id {
             Some(format!(
-                "expected {} at {}, {} answered",
-                peer.id, peer.addr, answer.node_id
+                "expected {} at {addr}, {} answered",
+                peer.id, answer.node_id
             ))
         } else if answer.cluster_id != self.cluster_id {
             Some(format!(
@@ -756,7 +911,7 @@ impl Inner {
         let handshake_timeout = Duration::from_millis(PEER_HANDSHAKE_TIMEOUT_MS);
         match tokio::time::timeout(handshake_timeout, self.accept_hello(&conn)).await {
             Ok(Ok((peer, send, recv, decoder))) => {
-                self.run(&peer, conn, send, recv, decoder).await;
+                self.run(&peer, conn, send, recv, decoder, None).await;
             }
             Ok(Err(reason)) => refuse(&conn, &reason),
             Err(_) => refuse(
@@ -806,7 +961,8 @@ impl Inner {
                 hello.cluster_id, self.cluster_id
             ));
         }
-        let Some(peer) = self.peers.get(&hello.node_id) else {
+        // Cloned out of the lock; if the peer is removed from here on, `run` closes the connection.
+        let Some(peer) = read(&self.peers).get(&hello.node_id).cloned() else {
             return Err(format!(
                 "{} is not in the peer list of {}",
                 hello.node_id, self.me
@@ -821,10 +977,11 @@ impl Inner {
         write_frame(&mut send, &self.hello())
             .await
             .map_err(|e| format!("cannot answer the hello: {e}"))?;
-        Ok((peer.clone(), send, recv, decoder))
+        Ok((peer, send, recv, decoder))
     }
 
-    /// Carries messages both ways on an established connection until it ends.
+    /// Carries messages both ways on an established connection until it ends, the node shuts
+    /// down, the peer is removed, or (`dialed`: the address this side dialed) its address changes.
     async fn run(
         &self,
         peer: &Peer,
@@ -832,14 +989,23 @@ impl Inner {
         mut send: quinn::SendStream,
         mut recv: quinn::RecvStream,
         mut decoder: FrameDecoder,
+        dialed: Option<SocketAddr>,
     ) {
         let generation = peer.attach(&conn);
         tracing::info!(peer = %peer.id, remote = %conn.remote_address(), "peer connected");
         let mut shutdown = self.shutdown.subscribe();
+        // Checked at once too: the peer may have been removed or moved while this connection
+        // was being set up, after `remove_peer` closed the one attached then.
+        let stale = |target: &Option<SocketAddr>| {
+            target.is_none() || dialed.is_some_and(|addr| *target != Some(addr))
+        };
+        // Stop conditions first: nothing more is written to a connection being given up.
         let ended = tokio::select! {
+            biased;
+            _ = shutdown.wait_for(|down| *down) => Ended::Close(CLOSE_NORMAL, "node shutting down".into()),
+            () = peer.until(stale) => Ended::Close(CLOSE_NORMAL, self.stop_reason(peer)),
             ended = peer.write_loop(&conn, &mut send) => ended,
             ended = self.read_loop(peer, &conn, &mut recv, &mut decoder) => ended,
-            _ = shutdown.wait_for(|down| *down) => Ended::Close(CLOSE_NORMAL, "node shutting down".into()),
         };
         let reason = match ended {
             Ended::Lost(reason) => reason,

@@ -5,9 +5,10 @@
 //! request stream on which PUTs are pipelined: each PUT is queued to its topic's writer at once,
 //! and replies go out as group commits finish, coalesced into as few writes as possible.
 
+use crate::cluster::Cluster;
+use crate::group_store::decode_record;
 use crate::peer::{PEER_ALPN, PeerNet};
-use crate::topic::{AppendOp, ReplyTo};
-use crate::topics::Topics;
+use crate::topic::ReplyTo;
 use serde::de::DeserializeOwned;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -39,7 +40,7 @@ const WRITE_COALESCE_BYTES_MAX: usize = 256 * 1024;
 pub const UNDECODABLE_FRAME_ID: RequestId = RequestId(0);
 
 pub(crate) struct Ctx {
-    pub topics: Arc<Topics>,
+    pub cluster: Arc<Cluster>,
     pub started: Instant,
     pub fsync: String,
     pub max_message_bytes: usize,
@@ -253,34 +254,47 @@ async fn dispatch(
                 server_version: env!("CARGO_PKG_VERSION").to_string(),
             });
         }
+        // Admin requests run to completion before the next frame of this stream is read, so a
+        // PUT pipelined after a CreateTopic finds the topic.
         Request::CreateTopic { name, config } => {
-            // Admin requests run to completion before the next frame of this stream is read,
-            // so a PUT pipelined after a CreateTopic finds the topic.
-            let topics = ctx.topics.clone();
-            let r = tokio::task::spawn_blocking(move || topics.create(&name, config)).await;
-            reply(match r {
-                Ok(Ok(())) => Reply::TopicCreated,
-                Ok(Err(e)) => Reply::Error(e),
-                Err(e) => Reply::Error(ErrorReply::new(ErrorCode::Internal, e.to_string())),
+            reply(match ctx.cluster.create_topic(name, config).await {
+                Ok(()) => Reply::TopicCreated,
+                Err(e) => Reply::Error(e),
             });
         }
         Request::DeleteTopic { name } => {
-            let topics = ctx.topics.clone();
-            let r = tokio::task::spawn_blocking(move || topics.delete(&name)).await;
-            reply(match r {
-                Ok(Ok(())) => Reply::TopicDeleted,
-                Ok(Err(e)) => Reply::Error(e),
-                Err(e) => Reply::Error(ErrorReply::new(ErrorCode::Internal, e.to_string())),
+            reply(match ctx.cluster.delete_topic(name).await {
+                Ok(()) => Reply::TopicDeleted,
+                Err(e) => Reply::Error(e),
             });
         }
-        Request::ListTopics => reply(Reply::Topics(ctx.topics.list())),
+        Request::AddNode { node_id, addr } => {
+            reply(match ctx.cluster.add_node(node_id, addr).await {
+                Ok(()) => Reply::ClusterChanged,
+                Err(e) => Reply::Error(e),
+            });
+        }
+        Request::RemoveNode { node_id } => {
+            reply(match ctx.cluster.remove_node(node_id).await {
+                Ok(()) => Reply::ClusterChanged,
+                Err(e) => Reply::Error(e),
+            });
+        }
+        Request::Cluster => reply(Reply::Cluster(ctx.cluster.cluster_info())),
+        Request::ListTopics => reply(Reply::Topics(ctx.cluster.list())),
         Request::Status => reply(Reply::Status(NodeStatus {
             server_version: env!("CARGO_PKG_VERSION").to_string(),
             uptime_ms: u64::try_from(ctx.started.elapsed().as_millis()).unwrap_or(u64::MAX),
             fsync: ctx.fsync.clone(),
-            topics: ctx.topics.all().iter().map(|t| t.status()).collect(),
+            topics: ctx
+                .cluster
+                .local_topics()
+                .iter()
+                .map(|t| t.status())
+                .collect(),
             node_id: ctx.node_id.0,
             peers: peer_statuses(ctx),
+            metadata: ctx.cluster.metadata_status(),
         })),
         Request::Listen { .. } => {
             reply(Reply::Error(ErrorReply::new(
@@ -334,7 +348,7 @@ fn put_request(ctx: &Ctx, put: Put, reply_to: ReplyTo) {
             ),
         )));
     }
-    let topic = match ctx.topics.get_or_not_found(&put.topic) {
+    let topic = match ctx.cluster.topic_or_redirect(&put.topic) {
         Ok(t) => t,
         Err(e) => return reply_to.send(Reply::Error(e)),
     };
@@ -351,10 +365,7 @@ fn put_request(ctx: &Ctx, put: Put, reply_to: ReplyTo) {
             e.to_string(),
         )));
     }
-    topic.append(AppendOp {
-        entry,
-        reply: reply_to,
-    });
+    topic.append(entry, reply_to);
 }
 
 async fn write_replies(mut send: quinn::SendStream, mut rx: mpsc::UnboundedReceiver<ServerFrame>) {
@@ -408,7 +419,7 @@ async fn listen(
     // The client sends nothing more on a listen stream; dropping `recv` tells it so.
     drop(recv);
     let result = async {
-        let topic = ctx.topics.get_or_not_found(&topic_name)?;
+        let topic = ctx.cluster.topic_or_redirect(&topic_name)?;
         let (reader, mut committed) = topic.reader()?;
         drop(topic);
         let committed_now = *committed.borrow_and_update();
@@ -416,31 +427,38 @@ async fn listen(
         let mut next = match from {
             ListenFrom::Start => start,
             ListenFrom::End => committed_now,
-            ListenFrom::Offset(n) if n < start || n > committed_now => {
+            // Above the committed offset is allowed: a listener resuming on a replica that
+            // has not learned the latest commit yet waits for it (the client checks the range
+            // when a listener is created).
+            ListenFrom::Offset(n) if n < start => {
                 return Err(ErrorReply::new(
                     ErrorCode::OffsetOutOfRange,
                     format!(
-                        "offset {n} is outside topic {topic_name:?}'s range [{start}, {committed_now}]"
+                        "offset {n} is below topic {topic_name:?}'s oldest retained offset {start}"
                     ),
                 ));
             }
             ListenFrom::Offset(n) => n,
         };
+        // Offsets without a message (Raft no-ops, membership entries) are skipped, so the
+        // next offset to read follows the last one read, not the last event sent.
         tracing::debug!(%next, "listener attached");
         let mut buf = Vec::new();
         loop {
             let committed_now = *committed.borrow_and_update();
             if next < committed_now {
-                let events = read_events(&reader, next, &topic_name).await?;
-                let Some(last) = events.last() else {
+                let (events, read_to) =
+                    read_events(&reader, next, committed_now, &topic_name).await?;
+                if read_to <= next {
                     return Err(ErrorReply::new(
                         ErrorCode::Internal,
                         format!("no entry at offset {next} below the committed offset {committed_now}"),
                     ));
-                };
-                // Offsets are dense: the next batch starts right after this one.
-                debug_assert_eq!(last.offset.0 - next.0 + 1, events.len() as u64);
-                next = last.offset.next();
+                }
+                next = read_to;
+                if events.is_empty() {
+                    continue;
+                }
                 buf.clear();
                 encode_reply(
                     &ServerFrame {
@@ -458,7 +476,7 @@ async fn listen(
                 changed = committed.changed() => if changed.is_err() {
                     // The writer stopped: either the topic was deleted (it left the registry
                     // first) or the node is shutting down (retryable: resume elsewhere/later).
-                    return Err(if ctx.topics.get(&topic_name).is_none() {
+                    return Err(if !ctx.cluster.is_known_topic(&topic_name) {
                         ErrorReply::new(ErrorCode::NotFound, format!("topic {topic_name:?} was deleted"))
                     } else {
                         ErrorReply::new(ErrorCode::Unavailable, "the node is shutting down")
@@ -475,39 +493,56 @@ async fn listen(
     }
 }
 
+/// Reads committed records from `from` (below `committed`) and turns those holding a message
+/// into events. Returns the events and the offset after the last record read.
 async fn read_events(
     reader: &weir_storage::LogReader,
     from: Offset,
+    committed: Offset,
     topic: &str,
-) -> Result<Vec<Event>, ErrorReply> {
+) -> Result<(Vec<Event>, Offset), ErrorReply> {
     let reader = reader.clone();
-    let records = tokio::task::spawn_blocking(move || {
-        reader.read(from, EVENTS_BATCH_BYTES_MAX, EVENTS_BATCH_COUNT_MAX)
-    })
-    .await
-    .map_err(|e| ErrorReply::new(ErrorCode::Internal, e.to_string()))?
-    .map_err(|e| match e {
-        ReadError::OutOfRange { .. } => ErrorReply::new(
-            ErrorCode::OffsetOutOfRange,
-            format!("{e} (retention deleted it while the listener was behind)"),
-        ),
-        other => ErrorReply::new(ErrorCode::Unavailable, format!("topic {topic:?}: {other}")),
-    })?;
-    records
-        .into_iter()
-        .map(|r| {
-            let entry = decode_entry(&r.payload).map_err(|e| {
-                ErrorReply::new(
-                    ErrorCode::Unavailable,
-                    format!("topic {topic:?} offset {}: {e}", r.offset),
-                )
+    let count = usize::try_from(committed.0 - from.0)
+        .unwrap_or(usize::MAX)
+        .min(EVENTS_BATCH_COUNT_MAX);
+    let records =
+        tokio::task::spawn_blocking(move || reader.read(from, EVENTS_BATCH_BYTES_MAX, count))
+            .await
+            .map_err(|e| ErrorReply::new(ErrorCode::Internal, e.to_string()))?
+            .map_err(|e| match e {
+                ReadError::OutOfRange { .. } => ErrorReply::new(
+                    ErrorCode::OffsetOutOfRange,
+                    format!(
+                        "{e} (retention or a snapshot removed it while the listener was behind)"
+                    ),
+                ),
+                other => {
+                    ErrorReply::new(ErrorCode::Unavailable, format!("topic {topic:?}: {other}"))
+                }
             })?;
-            Ok(Event {
-                offset: r.offset,
-                timestamp_ms: r.timestamp_ms,
-                key: entry.key,
-                value: entry.value,
-            })
-        })
-        .collect()
+    let read_to = records.last().map_or(from, |r| r.offset.next());
+    let mut events = Vec::with_capacity(records.len());
+    for r in records {
+        if r.offset >= committed {
+            break; // written but not committed yet
+        }
+        let bad = |e: String| {
+            ErrorReply::new(
+                ErrorCode::Unavailable,
+                format!("topic {topic:?} offset {}: {e}", r.offset),
+            )
+        };
+        let (_term, payload) = decode_record(&r.payload).map_err(|e| bad(e.to_string()))?;
+        let weir_raft::Payload::Normal(data) = payload else {
+            continue;
+        };
+        let entry = decode_entry(&data).map_err(|e| bad(e.to_string()))?;
+        events.push(Event {
+            offset: r.offset,
+            timestamp_ms: entry.timestamp_ms,
+            key: entry.key,
+            value: entry.value,
+        });
+    }
+    Ok((events, read_to.min(committed)))
 }

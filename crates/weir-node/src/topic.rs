@@ -1,30 +1,31 @@
-//! One topic: its log, the writer thread that does group commit, and the committed-offset watch
-//! that listeners follow.
+//! One topic replica on this node: its Raft group ([`GroupHandle`] over a [`GroupStore`] in
+//! `data_dir/groups/<group>/`) and the committed-offset watch that listeners follow.
 //!
-//! Seams for later issues:
-//! - [`Topic::append`] is the one path by which entries enter the log. Replication replaces the
-//!   writer thread behind it with a Raft group: the leader appends, followers fsync, and the
-//!   commit index (not the local fsync) advances `committed`.
-//! - [`Committed::publish`] (in the writer) is the one path by which entries become visible.
-//!   Programmable topics hook in there: committed input → program → events.
+//! - [`Topic::append`] is the one path by which messages enter the log: a proposal to the
+//!   group, answered once the entry is committed (durable on a majority) and applied here.
+//! - The group's `on_apply` is the one path by which entries become visible: it advances the
+//!   committed watch. Programmable topics hook in there: committed input → program → events.
+//!
+//! Offsets: the entry at Raft index `i` is at offset `i - 1`. Leader no-ops and membership
+//! entries hold offsets but no message; listeners skip them.
 
-use crate::clock;
-use std::sync::mpsc as std_mpsc;
-use std::sync::{Arc, Mutex};
-use std::thread::JoinHandle;
-use std::time::Duration;
+use crate::catalog::TopicEntry;
+use crate::config::NodeConfig;
+use crate::group::{
+    Decided, GroupConfig, GroupHandle, GroupStatus, OnApply, ProposalError, Transport,
+};
+use crate::group_store::GroupStore;
+use crate::peer::GroupId;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
 use tokio::sync::{OwnedSemaphorePermit, mpsc, watch};
 use weir_proto::{
-    Committed, ErrorCode, ErrorReply, Offset, Reply, RequestId, ServerFrame, TimestampMs,
-    TopicConfig, TopicStatus,
+    Committed, ErrorCode, ErrorReply, FollowerStatus, LeaderHint, Offset, RaftStatus, Reply,
+    RequestId, ServerFrame, TimestampMs, TopicConfig, TopicStatus,
 };
-use weir_storage::{FsyncPolicy, Log, LogReader, LogStats};
-
-/// Most appends gathered into one group commit (one fsync). Bounds the latency a batch adds
-/// and the memory it holds.
-pub(crate) const GROUP_COMMIT_COUNT_MAX: usize = 16 * 1024;
-/// Most payload bytes gathered into one group commit.
-pub(crate) const GROUP_COMMIT_BYTES_MAX: usize = 32 * 1024 * 1024;
+use weir_raft::{Entry, LogStore, Membership, NodeId, Payload, ProposeError, Role};
+use weir_storage::{LogConfig, LogReader};
 
 /// Where the reply to one PUT goes: the stream that sent it. Holding the permit bounds the PUTs
 /// in flight per stream; it is released when the reply is handed over.
@@ -43,155 +44,224 @@ impl ReplyTo {
     }
 }
 
-#[derive(Debug)]
-pub(crate) struct AppendOp {
-    /// The stored-entry encoding (weir_proto::entry) of the PUT.
-    pub entry: Vec<u8>,
-    pub reply: ReplyTo,
+/// Node id → address of every cluster member, shared with the catalog (for leader hints).
+pub(crate) type Directory = Arc<RwLock<BTreeMap<u64, String>>>;
+
+/// The hint for `leader`, if its address is known.
+pub(crate) fn hint(directory: &Directory, leader: Option<NodeId>) -> Option<LeaderHint> {
+    let leader = leader?;
+    let nodes = directory.read().unwrap_or_else(|e| e.into_inner());
+    nodes.get(&leader.0).map(|addr| LeaderHint {
+        node_id: leader.0,
+        addr: addr.clone(),
+    })
 }
 
-/// What listeners and status read while the writer thread owns the log.
-#[derive(Debug, Default)]
-struct Shared {
-    stats: LogStats,
-    start_offset: Offset,
-    next_offset: Offset,
-    synced_offset: Offset,
-    failure: Option<String>,
+/// Extracts the leader-assigned timestamp of a topic entry (for the store's record headers).
+pub(crate) fn timestamp_of(payload: &Payload) -> Option<TimestampMs> {
+    match payload {
+        Payload::Normal(data) => weir_proto::entry::entry_timestamp(data),
+        Payload::Noop | Payload::Membership(_) => None,
+    }
 }
 
-#[derive(Debug)]
+/// What a topic replica needs from its node.
+#[derive(Clone)]
+pub(crate) struct TopicEnv {
+    pub node: NodeConfig,
+    pub transport: Arc<dyn Transport>,
+    pub directory: Directory,
+}
+
 pub(crate) struct Topic {
     pub name: String,
-    pub config: TopicConfig,
+    pub entry: TopicEntry,
+    pub dir: PathBuf,
+    directory: Directory,
     state: TopicState,
 }
 
-#[derive(Debug)]
+impl std::fmt::Debug for Topic {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Topic")
+            .field("name", &self.name)
+            .field("group", &self.entry.group)
+            .finish_non_exhaustive()
+    }
+}
+
 enum TopicState {
     Open(OpenTopic),
-    /// The log could not be opened (e.g. corruption); the reason names file and position.
+    /// The group could not start (e.g. corruption); the reason names file and position.
     Failed(String),
 }
 
-#[derive(Debug)]
 struct OpenTopic {
-    ops: Mutex<Option<std_mpsc::Sender<AppendOp>>>,
+    handle: GroupHandle,
     reader: LogReader,
     committed: watch::Receiver<Offset>,
-    shared: Arc<Mutex<Shared>>,
-    thread: Mutex<Option<JoinHandle<()>>>,
+}
+
+/// The directory of group `group` under the node's data directory.
+pub(crate) fn group_dir(data_dir: &Path, group: u64) -> PathBuf {
+    data_dir.join("groups").join(group.to_string())
+}
+
+fn log_config(node: &NodeConfig, config: &TopicConfig) -> LogConfig {
+    LogConfig {
+        segment_bytes_max: config.segment_bytes.unwrap_or(node.segment_bytes),
+        ..LogConfig::default()
+    }
+}
+
+fn retention(node: &NodeConfig, config: &TopicConfig) -> Option<crate::group::Retention> {
+    let bytes = config.retention_bytes.or(node.retention_bytes);
+    let ms = config.retention_ms.or(node.retention_ms);
+    (bytes.is_some() || ms.is_some()).then_some(crate::group::Retention {
+        bytes,
+        ms,
+        check_interval_ms: node.retention_check_interval_ms,
+    })
 }
 
 impl Topic {
-    pub fn failed(name: String, config: TopicConfig, reason: String) -> Self {
-        Self {
+    /// Opens the replica's store and starts its group. Never fails: a replica that cannot start
+    /// answers every request with `Unavailable` and the reason.
+    pub fn open(env: &TopicEnv, name: String, entry: TopicEntry) -> Topic {
+        let dir = group_dir(&env.node.data_dir, entry.group);
+        let state = match Self::start(env, &dir, &entry) {
+            Ok(open) => TopicState::Open(open),
+            Err(reason) => {
+                tracing::error!(topic = %name, %reason, "topic replica cannot start; it will answer Unavailable");
+                TopicState::Failed(reason)
+            }
+        };
+        Topic {
             name,
-            config,
-            state: TopicState::Failed(reason),
+            entry,
+            dir,
+            directory: env.directory.clone(),
+            state,
         }
     }
 
-    /// Starts the writer thread over an opened log.
-    pub fn start(
-        name: String,
-        config: TopicConfig,
-        log: Log,
-        retention_check_interval_ms: u64,
-    ) -> std::io::Result<Self> {
-        let reader = log.reader();
-        let committed_offset = log.committed_offset();
-        let (committed_tx, committed_rx) = watch::channel(committed_offset);
-        let shared = Arc::new(Mutex::new(Shared {
-            stats: log.stats(),
-            start_offset: log.start_offset(),
-            next_offset: log.next_offset(),
-            synced_offset: log.synced_offset(),
-            failure: None,
-        }));
-        let last_timestamp_ms = last_timestamp(&reader, committed_offset);
-        let (ops_tx, ops_rx) = std_mpsc::channel();
-        let writer = Writer {
-            name: name.clone(),
-            log,
-            ops: ops_rx,
-            committed: committed_tx,
-            shared: shared.clone(),
-            last_timestamp_ms,
-            retention_check_interval: Duration::from_millis(retention_check_interval_ms),
-            unsynced: false,
+    fn start(env: &TopicEnv, dir: &Path, entry: &TopicEntry) -> Result<OpenTopic, String> {
+        let store = GroupStore::open(dir, log_config(&env.node, &entry.config), timestamp_of)
+            .map_err(|e| e.to_string())?;
+        let reader = store.reader();
+        // Entries up to the snapshot are committed; the rest is re-applied once the group
+        // learns the commit index.
+        let snapshot_index = store.first_index().0 - 1;
+        let (committed_tx, committed_rx) = watch::channel(Offset(snapshot_index));
+        let on_apply: OnApply = Box::new(move |entries: &[Entry]| {
+            if let Some(last) = entries.last() {
+                // Entry i is at offset i - 1: everything below offset i is committed.
+                committed_tx.send_replace(Offset(last.index.0));
+            }
+        });
+        let me = env.node.node_id;
+        let initial = if entry.founders.contains(&me.0) {
+            Membership::with_voters(entry.founders.iter().map(|&id| NodeId(id)))
+        } else {
+            Membership::default()
         };
-        let thread = std::thread::Builder::new()
-            .name(format!("weir-topic-{name}"))
-            .spawn(move || writer.run())?;
-        Ok(Self {
-            name,
-            config,
-            state: TopicState::Open(OpenTopic {
-                ops: Mutex::new(Some(ops_tx)),
-                reader,
-                committed: committed_rx,
-                shared,
-                thread: Mutex::new(Some(thread)),
-            }),
+        let config = GroupConfig {
+            group: GroupId(entry.group),
+            raft: env.node.raft_config(me.0 ^ entry.group.rotate_left(17)),
+            initial,
+            stamp_timestamps: true,
+            fsync: env.node.fsync,
+            retention: retention(&env.node, &entry.config),
+        };
+        let handle = GroupHandle::start(config, store, env.transport.clone(), on_apply)
+            .map_err(|e| format!("cannot start the group thread: {e}"))?;
+        Ok(OpenTopic {
+            handle,
+            reader,
+            committed: committed_rx,
         })
     }
 
-    fn open(&self) -> Result<&OpenTopic, ErrorReply> {
+    pub fn group(&self) -> GroupId {
+        GroupId(self.entry.group)
+    }
+
+    pub fn handle(&self) -> Option<&GroupHandle> {
+        match &self.state {
+            TopicState::Open(o) => Some(&o.handle),
+            TopicState::Failed(_) => None,
+        }
+    }
+
+    fn open_state(&self) -> Result<&OpenTopic, ErrorReply> {
         match &self.state {
             TopicState::Open(o) => Ok(o),
             TopicState::Failed(reason) => Err(unavailable(&self.name, reason)),
         }
     }
 
-    /// Queues one entry for the next group commit; the reply goes to `op.reply` once durable.
-    pub fn append(&self, op: AppendOp) {
-        let open = match self.open() {
+    /// Proposes one encoded entry (weir_proto::entry); the reply goes to `reply` once the entry
+    /// is committed and applied here, or says why not.
+    pub fn append(&self, entry: Vec<u8>, reply: ReplyTo) {
+        let open = match self.open_state() {
             Ok(o) => o,
-            Err(e) => return op.reply.send(Reply::Error(e)),
+            Err(e) => return reply.send(Reply::Error(e)),
         };
-        let sent = match &*lock(&open.ops) {
-            Some(tx) => tx.send(op).map_err(|e| e.0),
-            None => Err(op),
-        };
-        if let Err(op) = sent {
-            op.reply.send(Reply::Error(ErrorReply::new(
-                ErrorCode::NotFound,
-                format!("topic {:?} was deleted", self.name),
-            )));
-        }
+        let name = self.name.clone();
+        let directory = self.directory.clone();
+        let handle = open.handle.clone();
+        open.handle.propose(
+            entry,
+            Box::new(move |result| {
+                reply.send(match result {
+                    Ok(Decided {
+                        index,
+                        timestamp_ms,
+                        ..
+                    }) => Reply::Committed(Committed {
+                        offset: Offset(index.0 - 1),
+                        timestamp_ms,
+                    }),
+                    Err(e) => Reply::Error(proposal_error(&name, e, &directory, &handle)),
+                })
+            }),
+        );
     }
 
+    /// A reader of the log and the committed watch (offsets below it are committed).
     pub fn reader(&self) -> Result<(LogReader, watch::Receiver<Offset>), ErrorReply> {
-        let o = self.open()?;
+        let o = self.open_state()?;
         Ok((o.reader.clone(), o.committed.clone()))
     }
 
-    pub fn start_and_next_offsets(&self) -> (Offset, Offset) {
+    /// (oldest retained offset, committed offset).
+    pub fn start_and_committed(&self) -> (Offset, Offset) {
         match &self.state {
-            TopicState::Open(o) => {
-                let s = lock(&o.shared);
-                (s.start_offset, s.next_offset)
-            }
+            TopicState::Open(o) => (o.reader.start_offset(), *o.committed.borrow()),
             TopicState::Failed(_) => (Offset::ZERO, Offset::ZERO),
         }
+    }
+
+    pub fn group_status(&self) -> Option<GroupStatus> {
+        self.handle().map(GroupHandle::status)
     }
 
     pub fn status(&self) -> TopicStatus {
         match &self.state {
             TopicState::Open(o) => {
-                let s = lock(&o.shared);
+                let s = o.handle.status();
                 TopicStatus {
                     name: self.name.clone(),
-                    start_offset: s.start_offset,
-                    next_offset: s.next_offset,
+                    start_offset: o.reader.start_offset(),
+                    next_offset: Offset(s.last_index.0),
                     committed_offset: *o.committed.borrow(),
-                    durable_offset: s.synced_offset,
-                    segments: s.stats.segments,
-                    bytes: s.stats.bytes,
-                    fsyncs: s.stats.fsyncs,
-                    appends: s.stats.appends,
+                    durable_offset: Offset(s.synced_index.0.min(s.persisted_index.0)),
+                    segments: s.log_stats.segments,
+                    bytes: s.log_stats.bytes,
+                    fsyncs: s.log_stats.fsyncs,
+                    appends: s.log_stats.appends,
                     failure: s.failure.clone(),
+                    raft: Some(raft_status(&s)),
                 }
             }
             TopicState::Failed(reason) => TopicStatus {
@@ -205,21 +275,15 @@ impl Topic {
                 fsyncs: 0,
                 appends: 0,
                 failure: Some(reason.clone()),
+                raft: None,
             },
         }
     }
 
-    /// Stops the writer after it has committed everything queued, and waits for it. Listeners
-    /// see the committed watch close.
+    /// Stops the group (pending PUTs answer `Unavailable`; listeners see the watch close).
     pub fn close(&self) {
-        let TopicState::Open(o) = &self.state else {
-            return;
-        };
-        drop(lock(&o.ops).take());
-        if let Some(t) = lock(&o.thread).take()
-            && t.join().is_err()
-        {
-            tracing::error!(topic = %self.name, "topic writer thread panicked");
+        if let TopicState::Open(o) = &self.state {
+            o.handle.stop();
         }
     }
 }
@@ -230,190 +294,95 @@ impl Drop for Topic {
     }
 }
 
-fn unavailable(topic: &str, reason: &str) -> ErrorReply {
+/// A group's status in protocol form (also used for the metadata group).
+pub(crate) fn raft_status(s: &GroupStatus) -> RaftStatus {
+    RaftStatus {
+        group: s.group.0,
+        role: match s.role {
+            Role::Leader => "leader",
+            Role::Follower => "follower",
+            Role::Candidate => "candidate",
+            Role::PreCandidate => "precandidate",
+            Role::Learner => "learner",
+        }
+        .to_owned(),
+        term: s.term.0,
+        leader: s.leader.map(|l| l.0),
+        commit_index: s.commit_index.0,
+        applied_index: s.applied_index.0,
+        last_index: s.last_index.0,
+        replicas: s
+            .membership
+            .voters
+            .iter()
+            .chain(s.membership.learners.iter())
+            .map(|id| id.0)
+            .collect(),
+        followers: s
+            .peer_match
+            .iter()
+            .map(|(id, m)| FollowerStatus {
+                node_id: id.0,
+                match_index: m.0,
+                lag: s.last_index.0.saturating_sub(m.0),
+            })
+            .collect(),
+    }
+}
+
+pub(crate) fn unavailable(topic: &str, reason: &str) -> ErrorReply {
     ErrorReply::new(
         ErrorCode::Unavailable,
         format!("topic {topic:?} cannot serve: {reason}"),
     )
 }
 
-/// Locks a mutex, ignoring poisoning: the data behind these mutexes stays consistent even if a
-/// holder panicked (each critical section is a plain field update).
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-/// The newest timestamp in the log, so timestamps never go backwards across restarts.
-fn last_timestamp(reader: &LogReader, committed: Offset) -> TimestampMs {
-    if committed == Offset::ZERO || committed <= reader.start_offset() {
-        return TimestampMs::ZERO;
-    }
-    match reader.read(Offset(committed.0 - 1), usize::MAX, 1) {
-        Ok(records) => records
-            .last()
-            .map(|r| r.timestamp_ms)
-            .unwrap_or(TimestampMs::ZERO),
-        Err(e) => {
-            tracing::warn!(error = %e, "cannot read the last record's timestamp");
-            TimestampMs::ZERO
+/// The client-facing error for a proposal that did not commit (or may not have).
+pub(crate) fn proposal_error(
+    what: &str,
+    e: ProposalError,
+    directory: &Directory,
+    handle: &GroupHandle,
+) -> ErrorReply {
+    match e {
+        ProposalError::NotLeader { leader_hint } => ErrorReply::not_leader(
+            format!("this node does not lead {what:?}"),
+            hint(directory, leader_hint),
+        ),
+        // Nothing was appended, or the entry was replaced: resending is safe.
+        ProposalError::Lost | ProposalError::Rejected(ProposeError::TransferInProgress) => {
+            ErrorReply::not_leader(
+                format!(
+                    "leadership of {what:?} changed before the request committed; it was not committed"
+                ),
+                hint(directory, handle.status().leader),
+            )
         }
-    }
-}
-
-struct Writer {
-    name: String,
-    log: Log,
-    ops: std_mpsc::Receiver<AppendOp>,
-    committed: watch::Sender<Offset>,
-    shared: Arc<Mutex<Shared>>,
-    last_timestamp_ms: TimestampMs,
-    retention_check_interval: Duration,
-    /// Under `interval:<ms>`, records were committed (acknowledged) but maybe not yet fsynced.
-    unsynced: bool,
-}
-
-impl Writer {
-    fn run(mut self) {
-        let span = tracing::info_span!("topic", topic = %self.name);
-        let _enter = span.enter();
-        let mut batch: Vec<AppendOp> = Vec::new();
-        let mut last_retention = std::time::Instant::now();
-        // Under `interval:<ms>` the log only syncs when a commit finds the interval elapsed, so
-        // the writer also wakes up every interval to sync what an idle period left behind.
-        let tick = match self.log.config().fsync {
-            FsyncPolicy::Interval { interval_ms } => self
-                .retention_check_interval
-                .min(Duration::from_millis(interval_ms.max(1))),
-            FsyncPolicy::Always | FsyncPolicy::Never => self.retention_check_interval,
-        };
-        loop {
-            match self.ops.recv_timeout(tick) {
-                Ok(op) => batch.push(op),
-                Err(std_mpsc::RecvTimeoutError::Timeout) => {}
-                Err(std_mpsc::RecvTimeoutError::Disconnected) => break,
-            }
-            // Group commit: everything that arrived while the last fsync ran goes in this one.
-            let mut bytes = batch.first().map_or(0, |op| op.entry.len());
-            while batch.len() < GROUP_COMMIT_COUNT_MAX && bytes < GROUP_COMMIT_BYTES_MAX {
-                match self.ops.try_recv() {
-                    Ok(op) => {
-                        bytes += op.entry.len();
-                        batch.push(op);
-                    }
-                    Err(_) => break,
-                }
-            }
-            if !batch.is_empty() {
-                self.commit_batch(&mut batch);
-            } else if self.unsynced {
-                self.sync_idle();
-            }
-            if last_retention.elapsed() >= self.retention_check_interval {
-                last_retention = std::time::Instant::now();
-                self.apply_retention();
-            }
+        ProposalError::Rejected(ProposeError::NotLeader { leader_hint }) => ErrorReply::not_leader(
+            format!("this node does not lead {what:?}"),
+            hint(directory, leader_hint),
+        ),
+        ProposalError::Busy | ProposalError::Rejected(ProposeError::Busy) => ErrorReply::new(
+            ErrorCode::Busy,
+            format!("{what:?} has too many requests pending; retry later"),
+        ),
+        ProposalError::Rejected(ProposeError::TooLarge) => ErrorReply::new(
+            ErrorCode::TooLarge,
+            "entry larger than the Raft entry limit",
+        ),
+        ProposalError::Rejected(other) => {
+            ErrorReply::new(ErrorCode::Unavailable, format!("{what:?}: {other}"))
         }
-        if lock(&self.shared).failure.is_none()
-            && let Err(e) = self.log.sync()
-        {
-            tracing::error!(error = %e, "final sync failed");
-        }
-        tracing::debug!("topic writer stopped");
-    }
-
-    fn commit_batch(&mut self, batch: &mut Vec<AppendOp>) {
-        if let Some(reason) = lock(&self.shared).failure.clone() {
-            for op in batch.drain(..) {
-                op.reply
-                    .send(Reply::Error(unavailable(&self.name, &reason)));
-            }
-            return;
-        }
-        // The node sequences: one timestamp per batch, never going backwards.
-        let timestamp_ms = TimestampMs(clock::now_ms().max(self.last_timestamp_ms.0));
-        self.last_timestamp_ms = timestamp_ms;
-        let mut offsets = Vec::with_capacity(batch.len());
-        let mut result = Ok(());
-        for op in batch.iter() {
-            match self.log.append(timestamp_ms, &op.entry) {
-                Ok(offset) => offsets.push(offset),
-                Err(e) => {
-                    result = Err(e);
-                    break;
-                }
-            }
-        }
-        let result = result.and_then(|()| self.log.commit());
-        match result {
-            Ok(committed) => {
-                debug_assert_eq!(offsets.len(), batch.len());
-                debug_assert!(offsets.last().is_none_or(|o| o.next() == committed));
-                self.unsynced = matches!(self.log.config().fsync, FsyncPolicy::Interval { .. });
-                self.publish(committed);
-                for (op, offset) in batch.drain(..).zip(offsets) {
-                    op.reply.send(Reply::Committed(Committed {
-                        offset,
-                        timestamp_ms,
-                    }));
-                }
-            }
-            Err(e) => {
-                // A failed write or fsync poisons the log: the state on disk is unknown, so
-                // nothing more is acknowledged (see docs/STORAGE.md).
-                let reason = e.to_string();
-                tracing::error!(error = %reason, "topic log failed; no more writes are acknowledged");
-                lock(&self.shared).failure = Some(reason.clone());
-                for op in batch.drain(..) {
-                    op.reply
-                        .send(Reply::Error(unavailable(&self.name, &reason)));
-                }
-                self.refresh_shared();
-            }
-        }
-    }
-
-    /// Interval policy, nothing arrived for a whole interval: fsync what is acknowledged.
-    fn sync_idle(&mut self) {
-        if lock(&self.shared).failure.is_some() {
-            return;
-        }
-        match self.log.sync() {
-            Ok(()) => {
-                self.unsynced = false;
-                self.refresh_shared();
-            }
-            Err(e) => {
-                let reason = e.to_string();
-                tracing::error!(error = %reason, "interval sync failed; no more writes are acknowledged");
-                lock(&self.shared).failure = Some(reason);
-            }
-        }
-    }
-
-    /// The one path by which entries become visible (see the module doc).
-    fn publish(&mut self, committed: Offset) {
-        self.refresh_shared();
-        self.committed.send_replace(committed);
-    }
-
-    fn refresh_shared(&mut self) {
-        let mut s = lock(&self.shared);
-        s.stats = self.log.stats();
-        s.start_offset = self.log.start_offset();
-        s.next_offset = self.log.next_offset();
-        s.synced_offset = self.log.synced_offset();
-    }
-
-    fn apply_retention(&mut self) {
-        if lock(&self.shared).failure.is_some() {
-            return;
-        }
-        match self.log.apply_retention(TimestampMs(clock::now_ms())) {
-            Ok(report) => {
-                tracing::debug!(?report, "retention checked");
-                self.refresh_shared();
-            }
-            Err(e) => tracing::warn!(error = %e, "retention failed"),
-        }
+        ProposalError::Stopped => ErrorReply::new(
+            ErrorCode::Unavailable,
+            format!(
+                "{what:?} stopped on this node (deleted or shutting down); the request may or may not have committed"
+            ),
+        ),
+        ProposalError::Unknown => ErrorReply::new(
+            ErrorCode::Unavailable,
+            format!("{what:?}: the outcome is unknown (a snapshot replaced the log here)"),
+        ),
+        ProposalError::Storage(reason) => unavailable(what, &reason),
     }
 }

@@ -8,7 +8,8 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use weir_node::group::{
-    GroupConfig, GroupHandle, GroupStatus, OnApply, ProposalError, ProposalReply, Transport,
+    Decided, GroupConfig, GroupHandle, GroupStatus, OnApply, ProposalError, ProposalReply,
+    Transport,
 };
 use weir_node::group_store::GroupStore;
 use weir_node::peer::GroupId;
@@ -38,6 +39,9 @@ fn config(id: u64, voters: &[u64]) -> GroupConfig {
         group: GROUP,
         raft,
         initial: Membership::with_voters(voters.iter().map(|&v| NodeId(v))),
+        stamp_timestamps: false,
+        fsync: weir_storage::FsyncPolicy::Always,
+        retention: None,
     }
 }
 
@@ -96,8 +100,8 @@ type Outcome = Result<(LogIndex, Term), ProposalError>;
 
 fn reply_to(tx: &mpsc::Sender<(usize, Outcome)>, n: usize) -> ProposalReply {
     let tx = tx.clone();
-    Box::new(move |r| {
-        let _ = tx.send((n, r));
+    Box::new(move |r: Result<Decided, ProposalError>| {
+        let _ = tx.send((n, r.map(|d| (d.index, d.term))));
     })
 }
 

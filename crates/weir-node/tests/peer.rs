@@ -1,5 +1,6 @@
 //! The node-to-node transport over real QUIC on loopback: mutual TLS from the cluster CA, the
-//! hello, one connection per node pair, redialing, coalesced writes and bounded queues.
+//! hello, one connection per node pair, redialing, coalesced writes, bounded queues, and peers
+//! added, moved and removed at run time.
 
 use anyhow::{Context, Result, bail};
 use std::collections::{BTreeMap, BTreeSet};
@@ -10,11 +11,11 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 use weir_node::certs::{self, CertPaths};
 use weir_node::peer::{
-    GroupId, GroupMessages, PEER_ALPN, PEER_QUEUE_MESSAGES_MAX, PeerConfig, PeerFrame, PeerHello,
-    PeerNet, PeerTls,
+    CLOSE_NORMAL, GroupId, GroupMessages, PEER_ALPN, PEER_QUEUE_MESSAGES_MAX,
+    PEER_REDIAL_BACKOFF_MIN_MS, PEERS_MAX, PeerConfig, PeerFrame, PeerHello, PeerNet, PeerTls,
 };
 use weir_node::{Node, NodeConfig};
-use weir_proto::encode_frame;
+use weir_proto::{FrameDecoder, encode_frame};
 use weir_raft::{Envelope, LogIndex, Message, NodeId, Term};
 
 /// Bound on every wait in these tests: generous, since CI machines are shared.
@@ -206,6 +207,27 @@ fn hello(node_id: u64, cluster_id: Option<&str>) -> PeerFrame {
     })
 }
 
+/// Reads the next frame of a peer stream.
+async fn read_peer_frame(
+    recv: &mut quinn::RecvStream,
+    decoder: &mut FrameDecoder,
+) -> Result<PeerFrame> {
+    let mut buf = vec![0u8; 4096];
+    loop {
+        if let Some(frame) = decoder.next::<PeerFrame>()? {
+            return Ok(frame);
+        }
+        let n = timeout(recv.read(&mut buf))
+            .await??
+            .context("stream ended before a whole frame")?;
+        decoder.extend(&buf[..n]);
+    }
+}
+
+fn frame_decoder() -> FrameDecoder {
+    FrameDecoder::new(weir_proto::limits::FRAME_BYTES_MAX)
+}
+
 /// Dials `node` as node `as_id` with the node certificate and completes the hello exchange.
 async fn dial_as_node(
     paths: &CertPaths,
@@ -219,20 +241,103 @@ async fn dial_as_node(
     )
     .await?;
     let (send, mut recv) = send_first_frame(&conn, &hello(as_id, None)).await?;
-    let mut decoder = weir_proto::FrameDecoder::new(weir_proto::limits::FRAME_BYTES_MAX);
-    let mut buf = vec![0u8; 4096];
-    loop {
-        if let Some(answer) = decoder.next::<PeerFrame>()? {
-            if answer != hello(node.id, None) {
-                bail!("unexpected hello answer {answer:?}");
-            }
-            return Ok((conn, send));
-        }
-        let n = timeout(recv.read(&mut buf))
-            .await??
-            .context("stream ended before the hello answer")?;
-        decoder.extend(&buf[..n]);
+    let answer = read_peer_frame(&mut recv, &mut frame_decoder()).await?;
+    if answer != hello(node.id, None) {
+        bail!("unexpected hello answer {answer:?}");
     }
+    Ok((conn, send))
+}
+
+/// One end of a peer connection played by the test: the connection and both halves of its
+/// stream (kept open: dropping the send half would finish it).
+struct RawPeer {
+    conn: quinn::Connection,
+    _send: quinn::SendStream,
+    recv: quinn::RecvStream,
+    decoder: FrameDecoder,
+}
+
+/// Plays node `as_id` on `endpoint`: accepts the next connection, expects the hello of node
+/// `from` and answers it.
+async fn accept_as_node(endpoint: &quinn::Endpoint, as_id: u64, from: u64) -> Result<RawPeer> {
+    let incoming = timeout(endpoint.accept())
+        .await?
+        .context("endpoint closed")?;
+    let conn = timeout(incoming).await??;
+    let (mut send, mut recv) = timeout(conn.accept_bi()).await??;
+    let mut decoder = frame_decoder();
+    let first = read_peer_frame(&mut recv, &mut decoder).await?;
+    if first != hello(from, None) {
+        bail!("expected the hello of n{from}, got {first:?}");
+    }
+    let mut buf = Vec::new();
+    encode_frame(&hello(as_id, None), &mut buf)?;
+    send.write_all(&buf).await?;
+    Ok(RawPeer {
+        conn,
+        _send: send,
+        recv,
+        decoder,
+    })
+}
+
+/// The reason `conn` was closed with, which must be by the other side with [`CLOSE_NORMAL`].
+async fn closed_normally(conn: &quinn::Connection) -> Result<String> {
+    match timeout(conn.closed()).await? {
+        quinn::ConnectionError::ApplicationClosed(close)
+            if close.error_code == quinn::VarInt::from_u32(CLOSE_NORMAL) =>
+        {
+            Ok(String::from_utf8_lossy(&close.reason).into_owned())
+        }
+        other => bail!("not closed with CLOSE_NORMAL: {other}"),
+    }
+}
+
+/// Two nodes that start knowing no peer and add each other at run time (the existing node
+/// first, as `weir cluster add-node` would), then exchange a message each way.
+async fn nodes_added_at_run_time_exchange_messages(existing_id: u64, new_id: u64) -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let paths = init_certs(dir.path())?;
+    let any = "127.0.0.1:0".parse()?;
+    let mut existing = TestNode::start(&paths, existing_id, bind(&paths, any)?, BTreeMap::new())?;
+    let mut new = TestNode::start(&paths, new_id, bind(&paths, any)?, BTreeMap::new())?;
+    assert!(!existing.send(new_id, 1, 1), "not a peer yet");
+
+    existing.net.add_peer(NodeId(new_id), new.addr()?)?;
+    new.net.add_peer(NodeId(existing_id), existing.addr()?)?;
+    assert_eq!(
+        existing.net.peers(),
+        BTreeMap::from([(NodeId(new_id), new.addr()?)])
+    );
+    assert_eq!(
+        new.net.peers(),
+        BTreeMap::from([(NodeId(existing_id), existing.addr()?)])
+    );
+    assert!(existing.send(new_id, 1, 2));
+    assert!(new.send(existing_id, 1, 3));
+    let (group, envelope) = new.recv().await?;
+    assert_eq!(
+        (group, envelope.from, seq_of(&envelope)),
+        (GroupId(1), NodeId(existing_id), 2)
+    );
+    let (group, envelope) = existing.recv().await?;
+    assert_eq!(
+        (group, envelope.from, seq_of(&envelope)),
+        (GroupId(1), NodeId(new_id), 3)
+    );
+    for (node, peer) in [(&existing, new_id), (&new, existing_id)] {
+        let stats = node.peer_stats(peer)?;
+        assert!(stats.connected, "n{} to n{peer}: {stats:?}", node.id);
+        assert_eq!(
+            (stats.sent, stats.received),
+            (1, 1),
+            "n{}: {stats:?}",
+            node.id
+        );
+    }
+    existing.stop();
+    new.stop();
+    Ok(())
 }
 
 #[tokio::test]
@@ -543,5 +648,187 @@ async fn node_without_peers_refuses_peer_connections_and_still_serves_clients() 
     assert!(client.list_topics().await?.is_empty());
     client.close().await;
     node.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn node_added_at_run_time_with_a_higher_id_exchanges_messages_both_ways() -> Result<()> {
+    nodes_added_at_run_time_exchange_messages(2, 3).await
+}
+
+#[tokio::test]
+async fn node_added_at_run_time_with_a_lower_id_exchanges_messages_both_ways() -> Result<()> {
+    nodes_added_at_run_time_exchange_messages(2, 1).await
+}
+
+#[tokio::test]
+async fn peer_removed_by_its_dialer_is_closed_and_no_longer_dialed_or_sent_to() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let paths = init_certs(dir.path())?;
+    // Node 2 is played by the test.
+    let raw = bind(&paths, "127.0.0.1:0".parse()?)?;
+    let node = TestNode::start(
+        &paths,
+        1,
+        bind(&paths, "127.0.0.1:0".parse()?)?,
+        BTreeMap::from([(NodeId(2), raw.local_addr()?)]),
+    )?;
+    let mut peer = accept_as_node(&raw, 2, 1).await?;
+    assert!(node.send(2, 1, 1));
+    let frame = read_peer_frame(&mut peer.recv, &mut peer.decoder).await?;
+    assert!(matches!(frame, PeerFrame::Messages(_)), "{frame:?}");
+
+    node.net.remove_peer(NodeId(2));
+    let reason = closed_normally(&peer.conn).await?;
+    assert!(reason.contains("n1 removed n2 from its peers"), "{reason}");
+    assert!(!node.send(2, 1, 2));
+    assert!(node.net.peers().is_empty());
+    assert!(node.net.stats().is_empty());
+    node.net.remove_peer(NodeId(2));
+    // A dialer that kept going would redial after PEER_REDIAL_BACKOFF_MIN_MS; there is no
+    // event for "never", so give it several times that.
+    let redial = Duration::from_millis(5 * PEER_REDIAL_BACKOFF_MIN_MS);
+    assert!(
+        tokio::time::timeout(redial, raw.accept()).await.is_err(),
+        "the removed peer was dialed again"
+    );
+    node.stop();
+    Ok(())
+}
+
+#[tokio::test]
+async fn peer_removed_by_its_acceptor_is_closed_and_its_hello_refused_afterwards() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let paths = init_certs(dir.path())?;
+    let node = TestNode::start(
+        &paths,
+        2,
+        bind(&paths, "127.0.0.1:0".parse()?)?,
+        BTreeMap::from([(NodeId(1), "127.0.0.1:9".parse()?)]),
+    )?;
+    let (conn, _send) = dial_as_node(&paths, &node, 1).await?;
+    // Queued (the connection writes it), then dropped with the queue or closed with the link.
+    assert!(node.send(1, 1, 1));
+
+    node.net.remove_peer(NodeId(1));
+    let reason = closed_normally(&conn).await?;
+    assert!(reason.contains("n2 removed n1 from its peers"), "{reason}");
+    assert!(!node.send(1, 1, 2));
+    assert!(node.net.peers().is_empty());
+
+    let node_cert = Some((paths.node_cert.as_path(), paths.node_key.as_path()));
+    let conn = dial_raw(node.addr()?, &paths.ca_cert, node_cert).await?;
+    let _stream = send_first_frame(&conn, &hello(1, None)).await?;
+    let reason = timeout(conn.closed()).await?.to_string();
+    assert!(
+        reason.contains("n1 is not in the peer list of n2"),
+        "{reason}"
+    );
+    node.stop();
+    Ok(())
+}
+
+#[tokio::test]
+async fn removed_peer_added_again_exchanges_messages_again() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let paths = init_certs(dir.path())?;
+    let mut nodes = cluster(&paths, 2)?;
+    assert!(nodes[0].send(2, 1, 1));
+    assert_eq!(seq_of(&nodes[1].recv().await?.1), 1);
+    let addrs = [nodes[0].addr()?, nodes[1].addr()?];
+
+    nodes[0].net.remove_peer(NodeId(2));
+    nodes[1].net.remove_peer(NodeId(1));
+    assert!(!nodes[0].send(2, 1, 2));
+    assert!(!nodes[1].send(1, 1, 3));
+
+    nodes[1].net.add_peer(NodeId(1), addrs[0])?;
+    nodes[0].net.add_peer(NodeId(2), addrs[1])?;
+    assert!(nodes[0].send(2, 1, 4));
+    assert!(nodes[1].send(1, 1, 5));
+    assert_eq!(seq_of(&nodes[1].recv().await?.1), 4);
+    assert_eq!(seq_of(&nodes[0].recv().await?.1), 5);
+    for node in nodes {
+        node.stop();
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn new_address_of_a_peer_is_dialed_and_the_old_connection_closed() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let paths = init_certs(dir.path())?;
+    // Node 2 is played by the test, first at `old`, then at `new`.
+    let old = bind(&paths, "127.0.0.1:0".parse()?)?;
+    let new = bind(&paths, "127.0.0.1:0".parse()?)?;
+    let node = TestNode::start(
+        &paths,
+        1,
+        bind(&paths, "127.0.0.1:0".parse()?)?,
+        BTreeMap::from([(NodeId(2), old.local_addr()?)]),
+    )?;
+    let mut at_old = accept_as_node(&old, 2, 1).await?;
+    // A message through it: the node is past the hello and using the connection.
+    assert!(node.send(2, 1, 0));
+    let frame = read_peer_frame(&mut at_old.recv, &mut at_old.decoder).await?;
+    assert!(matches!(frame, PeerFrame::Messages(_)), "{frame:?}");
+    node.net.add_peer(NodeId(2), new.local_addr()?)?;
+    let reason = closed_normally(&at_old.conn).await?;
+    assert!(reason.contains("n1 now dials n2 at"), "{reason}");
+    let mut at_new = accept_as_node(&new, 2, 1).await?;
+    assert!(node.send(2, 1, 1));
+
+    // The same address again changes nothing: the next message takes the same connection.
+    node.net.add_peer(NodeId(2), new.local_addr()?)?;
+    assert!(node.send(2, 1, 2));
+    let mut seqs = Vec::new();
+    while seqs.len() < 2 {
+        match read_peer_frame(&mut at_new.recv, &mut at_new.decoder).await? {
+            PeerFrame::Messages(groups) => {
+                seqs.extend(groups.iter().flat_map(|g| &g.envelopes).map(seq_of));
+            }
+            other => bail!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(seqs, [1, 2]);
+    assert_eq!(
+        node.net.peers(),
+        BTreeMap::from([(NodeId(2), new.local_addr()?)])
+    );
+    let stats = node.peer_stats(2)?;
+    assert_eq!((stats.connections, stats.sent), (2, 3), "{stats:?}");
+    node.stop();
+    Ok(())
+}
+
+#[tokio::test]
+async fn add_peer_refuses_this_nodes_own_id_and_more_than_peers_max() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let paths = init_certs(dir.path())?;
+    // The highest id: it dials nobody, so a thousand peers cost nothing.
+    let me = u64::MAX;
+    let node = TestNode::start(
+        &paths,
+        me,
+        bind(&paths, "127.0.0.1:0".parse()?)?,
+        BTreeMap::new(),
+    )?;
+    let addr: SocketAddr = "127.0.0.1:9".parse()?;
+    let err = node.net.add_peer(NodeId(me), addr).unwrap_err();
+    assert!(err.to_string().contains("cannot be its own peer"), "{err}");
+    assert!(node.net.peers().is_empty());
+
+    for id in 0..PEERS_MAX as u64 {
+        node.net.add_peer(NodeId(id), addr)?;
+    }
+    let err = node
+        .net
+        .add_peer(NodeId(PEERS_MAX as u64), addr)
+        .unwrap_err();
+    assert!(err.to_string().contains("PEERS_MAX"), "{err}");
+    // A known peer is still accepted: nothing is added.
+    node.net.add_peer(NodeId(0), addr)?;
+    assert_eq!(node.net.peers().len(), PEERS_MAX);
+    node.stop();
     Ok(())
 }

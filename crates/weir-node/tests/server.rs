@@ -243,8 +243,9 @@ async fn limits_unknown_topics_and_misplaced_listen_get_typed_errors() -> Result
         Some(ErrorCode::AlreadyExists)
     );
     // After all those errors the stream still works: they were requests, not bad frames.
+    // (Offset 0 holds the leader's no-op entry, so the first message is at offset 1.)
     assert!(
-        matches!(s.call(6, put("t", b"v")).await?, Reply::Committed(c) if c.offset == Offset(0))
+        matches!(s.call(6, put("t", b"v")).await?, Reply::Committed(c) if c.offset == Offset(1))
     );
 
     let listen = Request::Listen {
@@ -257,20 +258,21 @@ async fn limits_unknown_topics_and_misplaced_listen_get_typed_errors() -> Result
     );
 
     let mut l = Stream::open(&conn).await?;
-    let far = Request::Listen {
-        topic: "t".into(),
-        from: ListenFrom::Offset(Offset(5)),
+    let unknown = Request::Listen {
+        topic: "nope".into(),
+        from: ListenFrom::Start,
     };
     assert_eq!(
-        error_code(&l.call(9, far).await?),
-        Some(ErrorCode::OffsetOutOfRange)
+        error_code(&l.call(9, unknown).await?),
+        Some(ErrorCode::NotFound)
     );
     node.shutdown().await;
     Ok(())
 }
 
 #[tokio::test]
-async fn pipelined_puts_on_eight_streams_share_fsyncs_and_get_dense_offsets() -> Result<()> {
+async fn pipelined_puts_on_eight_streams_share_fsyncs_and_get_distinct_increasing_offsets()
+-> Result<()> {
     const STREAMS: usize = 8;
     const PUTS: u64 = 500;
     let dir = tempfile::tempdir()?;
@@ -309,16 +311,24 @@ async fn pipelined_puts_on_eight_streams_share_fsyncs_and_get_dense_offsets() ->
         all.extend(t.await??);
     }
     all.sort();
-    let expected: Vec<Offset> = (0..STREAMS as u64 * PUTS).map(Offset).collect();
-    assert_eq!(all, expected, "every PUT acknowledged once, offsets dense");
+    // Offset 0 is the leader's no-op; one term, so the messages fill every offset after it.
+    let expected: Vec<Offset> = (1..=STREAMS as u64 * PUTS).map(Offset).collect();
+    assert_eq!(
+        all, expected,
+        "every PUT acknowledged once, at its own offset"
+    );
 
     let mut s = Stream::open(&conn).await?;
     let Reply::Status(status) = s.call(1, Request::Status).await? else {
         bail!("no status");
     };
     let t = &status.topics[0];
-    assert_eq!(t.appends, STREAMS as u64 * PUTS);
-    assert_eq!(t.committed_offset, Offset(STREAMS as u64 * PUTS));
+    assert_eq!(
+        t.appends,
+        STREAMS as u64 * PUTS + 1,
+        "the messages and the no-op"
+    );
+    assert_eq!(t.committed_offset, Offset(STREAMS as u64 * PUTS + 1));
     // Group commit: one fsync covers everything that queued up while the previous one ran.
     assert!(
         t.fsyncs * 2 < t.appends,
@@ -428,7 +438,8 @@ async fn acknowledged_puts_survive_a_restart_with_their_timestamps() -> Result<(
     let Reply::Committed(c) = s.call(1, put("t", b"after")).await? else {
         bail!("put after restart failed");
     };
-    assert_eq!(c.offset, Offset(20));
+    // The restarted leader's no-op takes the offset after the last message.
+    assert_eq!(c.offset.get(), acks.last().unwrap().offset.get() + 2);
     assert!(c.timestamp_ms >= acks.last().unwrap().timestamp_ms);
     node.shutdown().await;
     Ok(())
@@ -462,7 +473,7 @@ async fn interval_fsync_syncs_an_idle_topic_on_its_own() -> Result<()> {
     for id in 2.. {
         ticker.tick().await;
         let (committed, durable) = offsets(s.call(id, Request::Status).await?);
-        assert_eq!(committed, Offset(1));
+        assert_eq!(committed, Offset(2), "the no-op and the message");
         if durable == committed {
             break;
         }

@@ -20,7 +20,7 @@ pub struct EncodeError(String);
 pub struct DecodeError(String);
 
 impl DecodeError {
-    pub(crate) fn new(reason: String) -> Self {
+    pub fn new(reason: String) -> Self {
         Self(reason)
     }
 }

@@ -50,6 +50,18 @@ pub enum Request {
         from: ListenFrom,
     },
     Status,
+    /// The cluster as this node knows it: members, the metadata leader, each topic's replicas
+    /// and leader. Clients use it to route PUTs to topic leaders.
+    Cluster,
+    /// Adds a node to the cluster (catalog and metadata group). Answered by the metadata leader.
+    AddNode {
+        node_id: u64,
+        addr: String,
+    },
+    /// Removes a node from the cluster. Answered by the metadata leader.
+    RemoveNode {
+        node_id: u64,
+    },
 }
 
 /// Append one message to a topic. Acknowledged with `Committed` once durable.
@@ -97,6 +109,9 @@ pub struct TopicConfig {
     pub retention_ms: Option<u64>,
     /// Roll to a new segment file at this size.
     pub segment_bytes: Option<u64>,
+    /// How many nodes hold a copy (the topic's Raft group). Default: 3, or the cluster size if
+    /// smaller. Fixed at creation.
+    pub replicas: Option<u32>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -112,6 +127,44 @@ pub enum Reply {
     Events(Vec<Event>),
     Status(NodeStatus),
     Error(ErrorReply),
+    Cluster(ClusterInfo),
+    /// AddNode / RemoveNode took effect in the catalog.
+    ClusterChanged,
+}
+
+/// Where a request should have gone: the current leader, as far as the answering node knows.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LeaderHint {
+    pub node_id: u64,
+    /// The leader's client address (`host:port`).
+    pub addr: String,
+}
+
+/// A cluster member.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeInfo {
+    pub node_id: u64,
+    pub addr: String,
+}
+
+/// A topic's placement: its Raft group, replica set and (as far as this node knows) leader.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TopicPlacement {
+    pub name: String,
+    pub group: u64,
+    pub replicas: Vec<u64>,
+    pub leader: Option<u64>,
+}
+
+/// The answer to `Cluster`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterInfo {
+    /// The node that answered.
+    pub node_id: u64,
+    pub nodes: Vec<NodeInfo>,
+    /// Leader of the metadata group (catalog), if known.
+    pub metadata_leader: Option<u64>,
+    pub topics: Vec<TopicPlacement>,
 }
 
 /// The acknowledgement of a PUT: where it landed and the timestamp it was given.
@@ -163,6 +216,8 @@ pub struct NodeStatus {
     pub node_id: u64,
     /// The other members of the cluster, from the node's static peer list.
     pub peers: Vec<PeerStatus>,
+    /// The metadata (catalog) group as this node sees it.
+    pub metadata: Option<RaftStatus>,
 }
 
 /// One other node of the cluster, as this node sees it.
@@ -200,12 +255,41 @@ pub struct TopicStatus {
     pub appends: u64,
     /// `None` while healthy; the reason the topic stopped serving otherwise.
     pub failure: Option<String>,
+    /// The topic's Raft group on this node.
+    pub raft: Option<RaftStatus>,
+}
+
+/// One Raft group as one of its replicas sees it. Indexes are Raft log indexes: the entry at
+/// index `i` is at offset `i - 1`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RaftStatus {
+    pub group: u64,
+    /// "leader", "follower", "candidate", "precandidate" or "learner".
+    pub role: String,
+    pub term: u64,
+    pub leader: Option<u64>,
+    pub commit_index: u64,
+    pub applied_index: u64,
+    pub last_index: u64,
+    /// Voters and learners of the group.
+    pub replicas: Vec<u64>,
+    /// Leader only: each other replica's match index and lag (`last_index - match`).
+    pub followers: Vec<FollowerStatus>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FollowerStatus {
+    pub node_id: u64,
+    pub match_index: u64,
+    pub lag: u64,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ErrorReply {
     pub code: ErrorCode,
     pub message: String,
+    /// With [`ErrorCode::NotLeader`]: the leader to retry with, if the node knows it.
+    pub leader: Option<LeaderHint>,
 }
 
 impl ErrorReply {
@@ -219,7 +303,19 @@ impl ErrorReply {
             }
             message.truncate(cut);
         }
-        Self { code, message }
+        Self {
+            code,
+            message,
+            leader: None,
+        }
+    }
+
+    /// `NotLeader`, with the leader to retry with if known.
+    pub fn not_leader(message: impl Into<String>, leader: Option<LeaderHint>) -> Self {
+        Self {
+            leader,
+            ..Self::new(ErrorCode::NotLeader, message)
+        }
     }
 }
 
@@ -252,11 +348,14 @@ pub enum ErrorCode {
     Busy,
     /// A bug or an unexpected condition on the node.
     Internal,
+    /// This node does not lead the topic (or the catalog): retry with `ErrorReply::leader`, or
+    /// ask any node for `Cluster` if it is `None` (an election is in progress).
+    NotLeader,
 }
 
 impl ErrorCode {
     pub fn is_retryable(self) -> bool {
-        matches!(self, Self::Busy | Self::Unavailable)
+        matches!(self, Self::Busy | Self::Unavailable | Self::NotLeader)
     }
 }
 
@@ -273,6 +372,7 @@ impl fmt::Display for ErrorCode {
             Self::Unavailable => "unavailable",
             Self::Busy => "busy",
             Self::Internal => "internal error",
+            Self::NotLeader => "not leader",
         };
         f.write_str(s)
     }

@@ -35,12 +35,14 @@ macro_rules! newtype_u64 {
 }
 
 newtype_u64!(
-    /// Position of an entry in a topic's log. Dense: the first entry is 0, the next is previous + 1.
+    /// Position of an entry in a topic's log: the Raft index of the entry minus one. Strictly
+    /// increasing along the log; an offset may hold no message (Raft's leader no-op and membership
+    /// entries take offsets too), as Kafka's transaction markers do.
     Offset
 );
 newtype_u64!(
-    /// Milliseconds since the Unix epoch, assigned by the node that sequenced the entry
-    /// (later: the leader). Readers and programs never consult a clock of their own.
+    /// Milliseconds since the Unix epoch, assigned by the topic leader that sequenced the entry
+    /// and stored in the entry, so every replica reports the same value. Readers and programs never consult a clock of their own.
     TimestampMs
 );
 newtype_u64!(

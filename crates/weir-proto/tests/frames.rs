@@ -18,19 +18,25 @@ fn arb_request() -> impl Strategy<Value = Request> {
             "[a-z]{1,10}",
             any::<Option<u64>>(),
             any::<Option<u64>>(),
-            any::<Option<u64>>()
+            any::<Option<u64>>(),
+            any::<Option<u32>>()
         )
-            .prop_map(|(name, b, ms, seg)| Request::CreateTopic {
+            .prop_map(|(name, b, ms, seg, r)| Request::CreateTopic {
                 name,
                 config: TopicConfig {
                     retention_bytes: b,
                     retention_ms: ms,
-                    segment_bytes: seg
+                    segment_bytes: seg,
+                    replicas: r,
                 }
             }),
         "[a-z]{1,10}".prop_map(|name| Request::DeleteTopic { name }),
         Just(Request::ListTopics),
         Just(Request::Status),
+        Just(Request::Cluster),
+        (any::<u64>(), "[0-9.:]{1,21}")
+            .prop_map(|(node_id, addr)| Request::AddNode { node_id, addr }),
+        any::<u64>().prop_map(|node_id| Request::RemoveNode { node_id }),
         (
             "[a-z]{1,10}",
             proptest::option::of(arb_bytes(40)),
@@ -81,6 +87,32 @@ fn arb_reply() -> impl Strategy<Value = Reply> {
         })),
         proptest::collection::vec(arb_event(), 0..5).prop_map(Reply::Events),
         ".{0,50}".prop_map(|m| Reply::Error(ErrorReply::new(ErrorCode::NotFound, m))),
+        (
+            ".{0,50}",
+            any::<u64>(),
+            proptest::option::of("[0-9.:]{1,21}")
+        )
+            .prop_map(|(m, node_id, addr)| Reply::Error(ErrorReply::not_leader(
+                m,
+                addr.map(|addr| LeaderHint { node_id, addr })
+            ))),
+        (any::<u64>(), any::<Option<u64>>(), "[a-z]{1,10}").prop_map(|(node_id, leader, name)| {
+            Reply::Cluster(ClusterInfo {
+                node_id,
+                nodes: vec![NodeInfo {
+                    node_id,
+                    addr: "127.0.0.1:7070".into(),
+                }],
+                metadata_leader: leader,
+                topics: vec![TopicPlacement {
+                    name,
+                    group: node_id,
+                    replicas: vec![1, 2, 3],
+                    leader,
+                }],
+            })
+        }),
+        Just(Reply::ClusterChanged),
     ]
 }
 

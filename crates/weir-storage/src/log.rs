@@ -426,10 +426,39 @@ impl Log {
     /// returned but does not poison the log (the file is simply found again at the next open).
     pub fn apply_retention(&mut self, now_ms: TimestampMs) -> Result<RetentionReport, LogError> {
         self.check_poisoned()?;
-        let cutoff_ms = self
-            .config
-            .retention_ms
-            .map(|age_ms| now_ms.get().saturating_sub(age_ms));
+        let count = self.retention_count(
+            now_ms,
+            self.config.retention_bytes,
+            self.config.retention_ms,
+        );
+        self.delete_oldest_segments(count, "retention")
+    }
+
+    /// Where retention with these limits would start the log: the base offset of the first
+    /// segment it would keep (the start offset if it would delete nothing). Deletes nothing:
+    /// a replicated log compacts up to this offset through a snapshot instead.
+    pub fn retention_cutoff(
+        &self,
+        now_ms: TimestampMs,
+        retention_bytes: Option<u64>,
+        retention_ms: Option<u64>,
+    ) -> Offset {
+        let count = self.retention_count(now_ms, retention_bytes, retention_ms);
+        self.segments
+            .get(count)
+            .map_or(self.start_offset(), |s| s.base_offset)
+    }
+
+    /// How many of the oldest whole segments retention deletes: while the log is larger than
+    /// `retention_bytes` or their newest record is older than `now_ms - retention_ms`. Never
+    /// the active segment, nor a segment holding records not yet committed.
+    fn retention_count(
+        &self,
+        now_ms: TimestampMs,
+        retention_bytes: Option<u64>,
+        retention_ms: Option<u64>,
+    ) -> usize {
+        let cutoff_ms = retention_ms.map(|age_ms| now_ms.get().saturating_sub(age_ms));
         let mut total_bytes = self.sealed_bytes + self.active.size_bytes;
         let mut count = 0;
         for (segment, successor) in self.segments.iter().zip(self.segments.iter().skip(1)) {
@@ -438,10 +467,7 @@ impl Log {
             if successor.base_offset > self.committed_offset {
                 break;
             }
-            let over_size = self
-                .config
-                .retention_bytes
-                .is_some_and(|max| total_bytes > max);
+            let over_size = retention_bytes.is_some_and(|max| total_bytes > max);
             let expired = cutoff_ms.is_some_and(|cutoff| meta.max_timestamp_ms.get() < cutoff);
             if !(over_size || expired) {
                 break;
@@ -449,7 +475,7 @@ impl Log {
             total_bytes -= meta.size_bytes;
             count += 1;
         }
-        self.delete_oldest_segments(count, "retention")
+        count
     }
 
     /// Deletes the oldest whole segments whose records are all below `offset`: every segment

@@ -261,3 +261,23 @@ fn reader_racing_with_retention_gets_out_of_range_not_an_error() {
         20,
     );
 }
+
+#[test]
+fn retention_cutoff_names_the_first_kept_segment_without_deleting_anything() {
+    let dir = tempdir().unwrap();
+    // The log's own config has no retention: the limits are arguments (a replicated log
+    // compacts through a snapshot instead of deleting behind the consensus core's back).
+    let mut log = open(dir.path(), &small_config());
+    append_fixed(&mut log, 0, 20);
+    log.commit().unwrap();
+    assert_eq!(log.retention_cutoff(ts(0), None, None), Offset(0));
+    // Same arithmetic as retention_by_bytes_...: 3 of 5 segments go.
+    assert_eq!(log.retention_cutoff(ts(0), Some(400), None), Offset(12));
+    // Same as retention_by_age_...: at 1170 with 100 ms only segment 0 is too old.
+    assert_eq!(
+        log.retention_cutoff(TimestampMs(1170), None, Some(100)),
+        Offset(4)
+    );
+    assert_eq!(log.start_offset(), Offset(0), "nothing deleted");
+    assert_eq!(segment_files(dir.path(), ".log").len(), 5);
+}

@@ -1,0 +1,521 @@
+//! Where requests go: the routing cache (topic -> leader, catalog leader, cluster members) and
+//! [`RoutedCall`], the loop that follows "not leader" answers to the node that leads.
+//!
+//! The rule that keeps this safe: a request is resent only when it provably was not acted on —
+//! the node answered `NotLeader` (it appended nothing), or the request never left the client
+//! (no connection to the node, or the connection was found dead before the request was
+//! written). A request whose connection broke after it was sent is never resent.
+
+use crate::client::Inner;
+use crate::session::{NotSent, PendingReply};
+use crate::{ClientError, LeaderRetryPolicy};
+use std::collections::HashMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::time::Instant;
+use weir_proto::{ClusterInfo, ErrorCode, ErrorReply, Reply, Request};
+
+/// Who must answer a request.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum Target {
+    /// The leader of this topic's Raft group (PUTs).
+    Topic(String),
+    /// The leader of the metadata group: topic and cluster administration.
+    Catalog,
+}
+
+impl fmt::Display for Target {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Topic(topic) => write!(f, "topic {topic:?}"),
+            Self::Catalog => f.write_str("the catalog"),
+        }
+    }
+}
+
+/// What the client believes about the cluster: learned from leader hints, successful replies
+/// and `Cluster` answers. Only ever a hint: a wrong entry costs one redirection.
+#[derive(Debug, Default)]
+pub(crate) struct RouteTable {
+    leaders: HashMap<String, SocketAddr>,
+    catalog: Option<SocketAddr>,
+    /// Members from the last `Cluster` answer.
+    nodes: Vec<SocketAddr>,
+}
+
+impl RouteTable {
+    /// The node believed to lead `target`.
+    pub(crate) fn route(&self, target: &Target) -> Option<SocketAddr> {
+        match target {
+            Target::Topic(topic) => self.leaders.get(topic).copied(),
+            Target::Catalog => self.catalog,
+        }
+    }
+
+    pub(crate) fn set(&mut self, target: &Target, addr: SocketAddr) {
+        match target {
+            Target::Topic(topic) => {
+                self.leaders.insert(topic.clone(), addr);
+            }
+            Target::Catalog => self.catalog = Some(addr),
+        }
+    }
+
+    /// Forgets the route of `target` if it still points at `addr` (another task may have
+    /// learned a newer one meanwhile).
+    pub(crate) fn forget(&mut self, target: &Target, addr: SocketAddr) {
+        match target {
+            Target::Topic(topic) => {
+                if self.leaders.get(topic) == Some(&addr) {
+                    self.leaders.remove(topic);
+                }
+            }
+            Target::Catalog => {
+                if self.catalog == Some(addr) {
+                    self.catalog = None;
+                }
+            }
+        }
+    }
+
+    pub(crate) fn forget_topic(&mut self, topic: &str) {
+        self.leaders.remove(topic);
+    }
+
+    /// Takes in a `Cluster` answer whose node addresses resolved to `view.addrs`.
+    pub(crate) fn apply(&mut self, view: &ClusterView) {
+        let info = &view.info;
+        self.catalog = info.metadata_leader.and_then(|id| view.addr_of(id));
+        for placement in &info.topics {
+            match placement.leader.and_then(|id| view.addr_of(id)) {
+                Some(addr) => {
+                    self.leaders.insert(placement.name.clone(), addr);
+                }
+                None => {
+                    self.leaders.remove(&placement.name);
+                }
+            }
+        }
+        self.nodes = info
+            .nodes
+            .iter()
+            .filter_map(|n| view.addr_of(n.node_id))
+            .collect();
+    }
+
+    /// The members last heard of, for falling back when no seed answers.
+    pub(crate) fn known_nodes(&self) -> &[SocketAddr] {
+        &self.nodes
+    }
+}
+
+/// A `Cluster` answer with the members' addresses resolved.
+#[derive(Clone, Debug)]
+pub(crate) struct ClusterView {
+    pub(crate) info: ClusterInfo,
+    addrs: HashMap<u64, SocketAddr>,
+}
+
+impl ClusterView {
+    pub(crate) fn new(info: ClusterInfo, addrs: HashMap<u64, SocketAddr>) -> Self {
+        Self { info, addrs }
+    }
+
+    pub(crate) fn addr_of(&self, node_id: u64) -> Option<SocketAddr> {
+        self.addrs.get(&node_id).copied()
+    }
+
+    /// Whether the catalog this answer reflects has `topic`.
+    pub(crate) fn has_topic(&self, topic: &str) -> bool {
+        self.info.topics.iter().any(|t| t.name == topic)
+    }
+
+    /// The nodes hosting `topic`: its leader first (if known), then the other replicas. Empty
+    /// if the topic is not in this answer or no replica's address is known.
+    pub(crate) fn hosts_of(&self, topic: &str) -> Vec<SocketAddr> {
+        let Some(placement) = self.info.topics.iter().find(|t| t.name == topic) else {
+            return Vec::new();
+        };
+        let mut hosts: Vec<SocketAddr> = Vec::with_capacity(placement.replicas.len());
+        let ids = placement
+            .leader
+            .into_iter()
+            .chain(placement.replicas.iter().copied());
+        for addr in ids.filter_map(|id| self.addr_of(id)) {
+            if !hosts.contains(&addr) {
+                hosts.push(addr);
+            }
+        }
+        hosts
+    }
+}
+
+/// Resolves a node's advertised client address: `ip:port` as nodes send it, or `host:port`
+/// (looked up, bounded by `timeout`). An unspecified IP (a node listening on `0.0.0.0`) is
+/// replaced by the IP of the node the address came from.
+pub(crate) async fn resolve_node_addr(
+    addr: &str,
+    answered_by: SocketAddr,
+    timeout: Duration,
+) -> Option<SocketAddr> {
+    let resolved = match addr.parse::<SocketAddr>() {
+        Ok(resolved) => resolved,
+        Err(_) => {
+            let lookup = tokio::time::timeout(timeout, tokio::net::lookup_host(addr)).await;
+            match lookup {
+                Ok(Ok(mut addrs)) => addrs.next()?,
+                Ok(Err(e)) => {
+                    tracing::debug!(%addr, error = %e, "cannot resolve a node address");
+                    return None;
+                }
+                Err(_) => {
+                    tracing::debug!(%addr, "resolving a node address timed out");
+                    return None;
+                }
+            }
+        }
+    };
+    if resolved.ip().is_unspecified() {
+        return Some(SocketAddr::new(answered_by.ip(), resolved.port()));
+    }
+    Some(resolved)
+}
+
+/// One request that must reach the leader of [`Target`], with its retry state. Bounded by the
+/// request timeout (counted from [`RoutedCall::new`]) and by [`LeaderRetryPolicy`].
+pub(crate) struct RoutedCall {
+    inner: Arc<Inner>,
+    target: Target,
+    started: Instant,
+    deadline: Instant,
+    policy: LeaderRetryPolicy,
+    /// Resends so far.
+    retries: u32,
+    /// Resends that waited; the backoff grows with this.
+    waits: u32,
+    /// Redirections followed without waiting since the last wait.
+    hops: u32,
+}
+
+impl fmt::Debug for RoutedCall {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RoutedCall")
+            .field("target", &self.target)
+            .field("retries", &self.retries)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Whether a resend goes to a node that was named as the leader.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Resend {
+    /// To the leader a node named: at once (up to [`LeaderRetryPolicy::IMMEDIATE_HOPS`]).
+    Redirected,
+    /// Anywhere else: after a backoff.
+    Later,
+}
+
+impl RoutedCall {
+    pub(crate) fn new(inner: Arc<Inner>, target: Target) -> Self {
+        let started = Instant::now();
+        Self {
+            deadline: started + inner.config.request_timeout,
+            policy: inner.config.leader_retry.clone(),
+            inner,
+            target,
+            started,
+            retries: 0,
+            waits: 0,
+            hops: 0,
+        }
+    }
+
+    /// Sends `request` and waits for the reply, following `NotLeader` answers.
+    pub(crate) async fn run(mut self, request: Request) -> Result<Reply, ClientError> {
+        let pending = self.dispatch(request).await?;
+        self.settle(pending).await
+    }
+
+    /// Sends `request` to the node believed to lead the target, or to any node if none is
+    /// known. If that leader cannot be reached, or its connection turns out dead before the
+    /// request is written, the request (which never left) goes to another node. The reply is
+    /// not awaited: see [`RoutedCall::settle`].
+    pub(crate) async fn dispatch(
+        &mut self,
+        mut request: Request,
+    ) -> Result<PendingReply, ClientError> {
+        loop {
+            let routed = self.inner.route(&self.target);
+            let session = match routed {
+                Some(addr) => match self.inner.session_for(addr).await {
+                    Ok(session) => session,
+                    Err(e @ ClientError::Config(_)) => return Err(e),
+                    Err(e) => {
+                        tracing::debug!(
+                            target = %self.target, %addr, error = %e,
+                            "cannot reach the node believed to lead; trying another node"
+                        );
+                        self.inner.forget_route(&self.target, addr);
+                        // Nothing was sent: go to any node at once.
+                        self.wait_before_resend(Resend::Redirected, e).await?;
+                        continue;
+                    }
+                },
+                None => self.inner.session().await?,
+            };
+            let slot = self.inner.in_flight_slot(self.deadline).await?;
+            match session.send(request, vec![slot], self.deadline, true).await {
+                Ok(pending) => return Ok(pending),
+                Err(NotSent {
+                    err: err @ ClientError::Timeout(_),
+                    ..
+                }) => return Err(err),
+                Err(NotSent { err, request: back }) => {
+                    tracing::debug!(
+                        target = %self.target, node = %session.remote(), error = %err,
+                        "connection found dead before sending; resending elsewhere"
+                    );
+                    request = back;
+                    if let Some(addr) = routed {
+                        self.inner.forget_route(&self.target, addr);
+                    }
+                    self.wait_before_resend(Resend::Later, err).await?;
+                }
+            }
+        }
+    }
+
+    /// Waits for the reply to a request sent by [`RoutedCall::dispatch`]. A `NotLeader` answer
+    /// (nothing was appended) resends the request: at once to the leader the node named, or,
+    /// if it named none, after a backoff and a `Cluster` refresh. A `NotFound` answer to a PUT
+    /// is final only once a `Cluster` refresh also lacks the topic (a node may not have applied
+    /// a fresh topic yet). Every other answer, and every failure after the request was sent
+    /// (connection lost, timeout), is returned as is: such a request is never resent.
+    pub(crate) async fn settle(&mut self, mut pending: PendingReply) -> Result<Reply, ClientError> {
+        loop {
+            let answered_by = pending.remote();
+            let (result, request) = pending.wait_keeping().await;
+            let reply = result?;
+            let Reply::Error(err) = &reply else {
+                // Only the leader acts on these requests: remember who did.
+                self.inner.set_route(&self.target, answered_by);
+                return Ok(reply);
+            };
+            let request = match (err.code, request) {
+                (ErrorCode::NotLeader, Some(request)) => {
+                    self.redirect(err, answered_by).await?;
+                    request
+                }
+                (ErrorCode::NotFound, Some(request @ Request::Put(_))) => {
+                    self.recheck_not_found(err, answered_by).await?;
+                    request
+                }
+                _ => return Ok(reply),
+            };
+            pending = self.dispatch(request).await?;
+        }
+    }
+
+    /// Follows a `NotLeader` answer from `answered_by`: routes to the named leader, or backs
+    /// off and refreshes the routes. `Err` when the policy says to stop.
+    async fn redirect(
+        &mut self,
+        err: &ErrorReply,
+        answered_by: SocketAddr,
+    ) -> Result<(), ClientError> {
+        let hint = match &err.leader {
+            Some(hint) => {
+                resolve_node_addr(&hint.addr, answered_by, self.inner.config.connect_timeout)
+                    .await
+                    // A node naming itself is no help: treat it as "leader unknown".
+                    .filter(|addr| *addr != answered_by)
+            }
+            None => None,
+        };
+        let last = ClientError::NotLeader(format!("{answered_by}: {}", err.message));
+        tracing::debug!(target = %self.target, %answered_by, leader = ?hint, "not leader");
+        match hint {
+            Some(leader) => {
+                self.inner.set_route(&self.target, leader);
+                self.wait_before_resend(Resend::Redirected, last).await
+            }
+            None => {
+                self.inner.forget_route(&self.target, answered_by);
+                self.wait_before_resend(Resend::Later, last).await?;
+                if let Err(e) = self.inner.refresh_cluster(self.deadline).await {
+                    tracing::debug!(error = %e, "cluster refresh failed; resending anyway");
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// A PUT answered `NotFound`: `Ok` (resend) if the cluster lists the topic after all.
+    async fn recheck_not_found(
+        &mut self,
+        err: &ErrorReply,
+        answered_by: SocketAddr,
+    ) -> Result<(), ClientError> {
+        let Target::Topic(topic) = &self.target else {
+            return Err(err.clone().into());
+        };
+        match self.inner.refresh_cluster(self.deadline).await {
+            Ok(view) if view.has_topic(topic) => {
+                tracing::debug!(%topic, %answered_by, "topic not found on a node that lags; resending");
+                self.inner.forget_route(&self.target, answered_by);
+                self.wait_before_resend(Resend::Later, err.clone().into())
+                    .await
+            }
+            Ok(_) => Err(err.clone().into()),
+            Err(e) => {
+                tracing::debug!(%topic, error = %e, "cluster refresh failed; not found is final");
+                Err(err.clone().into())
+            }
+        }
+    }
+
+    /// Counts a resend and waits as the policy says; `Err` (naming the target) once the policy
+    /// is exhausted or the wait would pass the request deadline. `last` is why the previous
+    /// attempt failed.
+    async fn wait_before_resend(
+        &mut self,
+        resend: Resend,
+        last: ClientError,
+    ) -> Result<(), ClientError> {
+        self.retries += 1;
+        let delay = if resend == Resend::Redirected && self.hops < LeaderRetryPolicy::IMMEDIATE_HOPS
+        {
+            self.hops += 1;
+            Duration::ZERO
+        } else {
+            self.hops = 0;
+            self.waits += 1;
+            self.policy.backoff(self.waits)
+        };
+        // The policy's budget is checked before waiting: an immediate resend (at most
+        // IMMEDIATE_HOPS in a row) is always allowed within the request deadline, so a slow
+        // failed connection to a dead leader still leaves a try on another node.
+        let elapsed = self.started.elapsed();
+        let out_of_budget = !delay.is_zero() && self.policy.exhausted(elapsed);
+        if out_of_budget || Instant::now() + delay >= self.deadline {
+            return Err(self.give_up(last, elapsed));
+        }
+        if !delay.is_zero() {
+            tokio::time::sleep(delay).await;
+        }
+        Ok(())
+    }
+
+    fn give_up(&self, last: ClientError, elapsed: Duration) -> ClientError {
+        let tries = self.retries;
+        match last {
+            ClientError::NotLeader(why) => ClientError::NotLeader(format!(
+                "no leader of {} answered after {tries} attempts in {elapsed:.1?} (last: {why})",
+                self.target
+            )),
+            ClientError::Connect(why) => ClientError::Connect(format!(
+                "no leader of {} could be reached after {tries} attempts in {elapsed:.1?} \
+                 (last: {why})",
+                self.target
+            )),
+            other => other,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use weir_proto::{NodeInfo, TopicPlacement};
+
+    fn addr(port: u16) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], port))
+    }
+
+    fn view() -> ClusterView {
+        let info = ClusterInfo {
+            node_id: 1,
+            nodes: (1..=3)
+                .map(|id| NodeInfo {
+                    node_id: id,
+                    addr: format!("127.0.0.1:700{id}"),
+                })
+                .collect(),
+            metadata_leader: Some(2),
+            topics: vec![
+                TopicPlacement {
+                    name: "led".into(),
+                    group: 10,
+                    replicas: vec![1, 2, 3],
+                    leader: Some(3),
+                },
+                TopicPlacement {
+                    name: "electing".into(),
+                    group: 11,
+                    replicas: vec![2, 1],
+                    leader: None,
+                },
+            ],
+        };
+        let addrs = (1..=3).map(|id| (id, addr(7000 + id as u16))).collect();
+        ClusterView::new(info, addrs)
+    }
+
+    #[test]
+    fn a_cluster_answer_sets_leaders_and_the_catalog_and_clears_unknown_leaders() {
+        let mut routes = RouteTable::default();
+        let electing = Target::Topic("electing".into());
+        routes.set(&electing, addr(9999));
+        routes.apply(&view());
+        assert_eq!(routes.route(&Target::Topic("led".into())), Some(addr(7003)));
+        assert_eq!(routes.route(&Target::Catalog), Some(addr(7002)));
+        assert_eq!(
+            routes.route(&electing),
+            None,
+            "leader unknown: route cleared"
+        );
+        assert_eq!(routes.known_nodes(), [addr(7001), addr(7002), addr(7003)]);
+    }
+
+    #[test]
+    fn forgetting_a_route_only_forgets_the_address_that_failed() {
+        let mut routes = RouteTable::default();
+        let t = Target::Topic("t".into());
+        routes.set(&t, addr(1));
+        routes.forget(&t, addr(2));
+        assert_eq!(routes.route(&t), Some(addr(1)), "a newer route is kept");
+        routes.forget(&t, addr(1));
+        assert_eq!(routes.route(&t), None);
+        routes.set(&Target::Catalog, addr(3));
+        routes.forget(&Target::Catalog, addr(3));
+        assert_eq!(routes.route(&Target::Catalog), None);
+    }
+
+    #[test]
+    fn hosts_of_a_topic_list_the_leader_first_then_the_other_replicas() {
+        let v = view();
+        assert_eq!(v.hosts_of("led"), [addr(7003), addr(7001), addr(7002)]);
+        assert_eq!(v.hosts_of("electing"), [addr(7002), addr(7001)]);
+        assert!(v.hosts_of("missing").is_empty());
+        assert!(v.has_topic("electing") && !v.has_topic("missing"));
+    }
+
+    #[tokio::test]
+    async fn node_addresses_resolve_and_an_unspecified_ip_becomes_the_answering_nodes() {
+        let t = Duration::from_secs(5);
+        let from = SocketAddr::from(([10, 0, 0, 7], 7000));
+        assert_eq!(
+            resolve_node_addr("127.0.0.1:7001", from, t).await,
+            Some(addr(7001))
+        );
+        assert_eq!(
+            resolve_node_addr("0.0.0.0:7002", from, t).await,
+            Some(SocketAddr::from(([10, 0, 0, 7], 7002)))
+        );
+        let localhost = resolve_node_addr("localhost:7003", from, t).await;
+        assert!(localhost.is_some_and(|a| a.port() == 7003 && a.ip().is_loopback()));
+        assert_eq!(resolve_node_addr("no port", from, t).await, None);
+    }
+}
