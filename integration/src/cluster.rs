@@ -48,14 +48,15 @@ pub fn shared_certs(base: &Path, nodes: usize) -> Result<Vec<PathBuf>> {
 /// give each node its own view of the others' addresses (e.g. through fault proxies).
 #[derive(Debug)]
 pub struct LocalCluster {
-    _base: tempfile::TempDir,
-    base_path: PathBuf,
-    dirs: Vec<PathBuf>,
+    // Fields drop in order: the processes are killed before their directories go.
+    nodes: BTreeMap<u64, NodeProcess>,
     /// Each node's own listen address.
     pub addrs: Vec<SocketAddr>,
     peers: Vec<String>,
     extra: Vec<String>,
-    nodes: BTreeMap<u64, NodeProcess>,
+    dirs: Vec<PathBuf>,
+    base_path: PathBuf,
+    _base: tempfile::TempDir,
 }
 
 impl LocalCluster {
@@ -126,6 +127,32 @@ impl LocalCluster {
             .with_context(|| format!("starting node {id}"))?;
         self.nodes.insert(id, node);
         Ok(())
+    }
+
+    /// Starts one more node, `id = addrs.len() + 1`, listening on `addr` with `--peers peers`
+    /// and `extra_args` (e.g. `--join`), with the cluster's certificates. Returns its id.
+    pub async fn start_extra(
+        &mut self,
+        addr: SocketAddr,
+        peers: String,
+        extra_args: &[&str],
+    ) -> Result<u64> {
+        let id = self.addrs.len() as u64 + 1;
+        let dir = self.base_path.join(format!("node{id}"));
+        std::fs::create_dir_all(dir.join("certs"))?;
+        for f in std::fs::read_dir(self.base_path.join("certs"))? {
+            let f = f?;
+            std::fs::copy(f.path(), dir.join("certs").join(f.file_name()))?;
+        }
+        self.dirs.push(dir);
+        self.addrs.push(addr);
+        self.peers.push(peers);
+        let before = self.extra.clone();
+        self.extra.extend(extra_args.iter().map(|s| s.to_string()));
+        let started = self.start_node(id).await;
+        self.extra = before;
+        started?;
+        Ok(id)
     }
 
     /// SIGKILL node `id` (no shutdown, no final sync).

@@ -423,6 +423,44 @@ pub fn topic_status_table(topics: &[weir_client::TopicStatus]) -> String {
     )
 }
 
+/// One topic as each node that hosts it sees it (`(node id, status)` pairs): one row per
+/// replica with its Raft state and log counters.
+pub fn replica_status_table(replicas: &[(u64, weir_client::TopicStatus)]) -> String {
+    let rows: Vec<Vec<String>> = replicas
+        .iter()
+        .map(|(node, t)| {
+            let r = t.raft.as_ref();
+            vec![
+                node.to_string(),
+                r.map_or("-".into(), |r| r.role.clone()),
+                output::or_dash(r.and_then(|r| r.leader)),
+                output::or_dash(r.map(|r| r.term)),
+                output::or_dash(r.map(|r| r.commit_index)),
+                t.committed_offset.to_string(),
+                t.segments.to_string(),
+                t.bytes.to_string(),
+                t.fsyncs.to_string(),
+                t.appends.to_string(),
+            ]
+        })
+        .collect();
+    table(
+        &[
+            "NODE",
+            "ROLE",
+            "LEADER",
+            "TERM",
+            "COMMIT_INDEX",
+            "COMMITTED",
+            "SEGMENTS",
+            "BYTES",
+            "FSYNCS",
+            "APPENDS",
+        ],
+        &rows,
+    )
+}
+
 /// On a leader: each follower's match index and lag (entries it is missing), per topic.
 pub fn follower_table(topics: &[weir_client::TopicStatus]) -> String {
     let rows: Vec<Vec<String>> = topics

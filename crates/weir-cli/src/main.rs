@@ -93,7 +93,8 @@ enum Command {
     /// Show or change the cluster's membership.
     #[command(subcommand)]
     Cluster(ClusterCommand),
-    /// Start a node in a temporary directory, write and read messages, and clean up.
+    /// Start a 3-node cluster in one process (in a temporary directory), write and listen to a
+    /// replicated topic through a leader failover and the old leader's catch-up, and clean up.
     Demo,
 }
 

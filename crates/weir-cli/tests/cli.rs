@@ -52,26 +52,54 @@ fn stderr_of_failure(cmd: &mut Command) -> String {
 }
 
 #[test]
-fn demo_runs_a_node_puts_and_listens_then_exits_zero() {
+fn demo_runs_a_three_node_cluster_through_a_leader_failover_without_losing_a_message() {
     let out = stdout_of(weir().arg("demo"));
     for expected in [
-        "created topic \"demo\"",
-        "key=user-0  value=hello #0  -> offset 0",
-        "offset 9  key=user-0  value=hello #9",
+        "a 3-node cluster in one process",
+        "started node 1 on 127.0.0.1:",
+        "started node 2 on 127.0.0.1:",
+        "started node 3 on 127.0.0.1:",
+        "created topic \"demo\" with 3 replicas (nodes ",
+        "key=user-0  value=hello #0  -> offset ",
         "10,000 committed in",
-        "messages per fsync (group commit)",
-        "the listener received all 10,000 in order",
-        "demo  0      10010",
-        "node stopped",
+        "fsyncs per message (group commit)",
+        "MATCH_INDEX  LAG",
+        "the first PUT after the shutdown was acknowledged",
+        "999 more committed in",
+        "the listener received all 11,010 acknowledged messages exactly once, in offset order",
+        "stopped nodes 1, 2, 3",
         "demo complete",
     ] {
         assert!(out.contains(expected), "missing {expected:?} in:\n{out}");
     }
-    // The temporary directory is gone.
-    let removed = out
+    // The leader was stopped, another node took over, and the old leader caught up.
+    let after = |prefix: &str| -> &str {
+        out.lines()
+            .find_map(|l| l.trim().strip_prefix(prefix))
+            .unwrap_or_else(|| panic!("no line starting with {prefix:?} in:\n{out}"))
+    };
+    let node_id = |rest: &str| -> u64 {
+        let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
+        digits.parse().expect("a node id")
+    };
+    let old = node_id(after("failover: stopping node "));
+    let new_leader = out
         .lines()
-        .find_map(|l| l.trim().strip_prefix("removed "))
-        .expect("a 'removed <dir>' line");
+        .find_map(|l| {
+            let rest = l.trim().strip_prefix("node ")?;
+            rest.contains(" became the leader (term ")
+                .then(|| node_id(rest))
+        })
+        .unwrap_or_else(|| panic!("no 'became the leader' line in:\n{out}"));
+    assert_ne!(old, new_leader, "the stopped leader cannot lead:\n{out}");
+    let caught_up = format!("node {old} caught up ");
+    assert!(
+        out.lines()
+            .any(|l| l.trim().starts_with(&caught_up) && l.contains("lag 0")),
+        "missing {caught_up:?} ... lag 0 in:\n{out}"
+    );
+    // The temporary directory is gone.
+    let removed = after("removed ");
     assert!(!Path::new(removed).exists(), "{removed} still exists");
 }
 

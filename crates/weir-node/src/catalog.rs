@@ -51,6 +51,9 @@ pub struct TopicEntry {
 pub struct Catalog {
     /// Metadata log index of the last entry applied (0: nothing applied yet).
     pub applied_index: u64,
+    /// The founding member list is in the log (a [`CatalogCommand::Bootstrap`] was applied).
+    /// Until then a founding node uses its static peer list; a joining node has no members.
+    pub bootstrapped: bool,
     /// Members: node id → address (clients and peers use the same address).
     pub nodes: BTreeMap<u64, String>,
     pub topics: BTreeMap<String, TopicEntry>,
@@ -59,6 +62,11 @@ pub struct Catalog {
 /// A change to the catalog: the data of a metadata group entry.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum CatalogCommand {
+    /// The founding members, proposed once by the first metadata leader, so that nodes joining
+    /// later learn them from the log like every other change.
+    Bootstrap {
+        nodes: BTreeMap<u64, String>,
+    },
     CreateTopic {
         name: String,
         config: TopicConfig,
@@ -104,6 +112,7 @@ impl Catalog {
     pub fn founding(nodes: BTreeMap<u64, String>) -> Self {
         Catalog {
             applied_index: 0,
+            bootstrapped: false,
             nodes,
             topics: BTreeMap::new(),
         }
@@ -157,7 +166,33 @@ impl Catalog {
     /// only on the catalog and the command. An `Err` leaves the catalog unchanged (but for
     /// `applied_index`, which the caller advances for every entry).
     pub fn apply(&mut self, index: u64, command: CatalogCommand) -> Result<(), ErrorReply> {
+        // Every node must compute the same catalog from the same log, and a joining node does
+        // not know the founding members until the Bootstrap entry: nothing else applies before.
+        if !self.bootstrapped && !matches!(command, CatalogCommand::Bootstrap { .. }) {
+            return Err(error(
+                ErrorCode::Unavailable,
+                "the cluster's founding members are not recorded yet; retry".into(),
+            ));
+        }
         match command {
+            CatalogCommand::Bootstrap { nodes } => {
+                if self.bootstrapped {
+                    // A second leader raced the first: the log's first bootstrap wins.
+                    return Err(error(
+                        ErrorCode::AlreadyExists,
+                        "the cluster is bootstrapped already".into(),
+                    ));
+                }
+                if nodes.is_empty() || nodes.len() > CLUSTER_NODES_MAX {
+                    return Err(error(
+                        ErrorCode::InvalidArgument,
+                        format!("a cluster has 1 to {CLUSTER_NODES_MAX} nodes"),
+                    ));
+                }
+                self.nodes = nodes;
+                self.bootstrapped = true;
+                Ok(())
+            }
             CatalogCommand::CreateTopic {
                 name,
                 config,
@@ -348,6 +383,14 @@ fn crc(len: u32, body: &[u8]) -> u32 {
 mod tests {
     use super::*;
 
+    /// A catalog as after its Bootstrap entry.
+    fn founded(ids: &[u64]) -> Catalog {
+        let mut c = Catalog::default();
+        c.apply(1, CatalogCommand::Bootstrap { nodes: nodes(ids) })
+            .unwrap();
+        c
+    }
+
     fn nodes(ids: &[u64]) -> BTreeMap<u64, String> {
         ids.iter()
             .map(|&id| (id, format!("127.0.0.1:{}", 7000 + id)))
@@ -364,7 +407,7 @@ mod tests {
 
     #[test]
     fn placement_defaults_to_three_or_the_cluster_size_and_spreads_preferred_leaders() {
-        let mut c = Catalog::founding(nodes(&[1, 2, 3, 4, 5]));
+        let mut c = founded(&[1, 2, 3, 4, 5]);
         let mut firsts = Vec::new();
         for i in 0..5u64 {
             let replicas = c.place(None).unwrap();
@@ -374,7 +417,7 @@ mod tests {
         }
         firsts.sort_unstable();
         assert_eq!(firsts, vec![1, 2, 3, 4, 5], "each node leads one topic");
-        let small = Catalog::founding(nodes(&[1, 2]));
+        let small = founded(&[1, 2]);
         assert_eq!(small.place(None).unwrap().len(), 2);
         let err = small.place(Some(3)).unwrap_err();
         assert_eq!(err.code, ErrorCode::InvalidArgument);
@@ -387,7 +430,7 @@ mod tests {
 
     #[test]
     fn apply_is_deterministic_and_errors_leave_the_catalog_unchanged() {
-        let mut a = Catalog::founding(nodes(&[1, 2, 3]));
+        let mut a = founded(&[1, 2, 3]);
         a.apply(5, create("orders", vec![1, 2, 3])).unwrap();
         assert_eq!(a.topics["orders"].group, 5, "group id = creating index");
         let before = a.clone();
@@ -422,8 +465,39 @@ mod tests {
     }
 
     #[test]
+    fn bootstrap_replaces_the_member_list_once() {
+        let mut joiner = Catalog::default();
+        assert!(joiner.nodes.is_empty());
+        let early = joiner.apply(1, create("t", vec![1])).unwrap_err();
+        assert_eq!(
+            early.code,
+            ErrorCode::Unavailable,
+            "nothing applies before Bootstrap"
+        );
+        joiner
+            .apply(
+                1,
+                CatalogCommand::Bootstrap {
+                    nodes: nodes(&[1, 2, 3]),
+                },
+            )
+            .unwrap();
+        assert_eq!(joiner.nodes, nodes(&[1, 2, 3]));
+        assert!(joiner.bootstrapped);
+        let again = joiner
+            .apply(2, CatalogCommand::Bootstrap { nodes: nodes(&[9]) })
+            .unwrap_err();
+        assert_eq!(again.code, ErrorCode::AlreadyExists);
+        assert_eq!(joiner.nodes, nodes(&[1, 2, 3]));
+        let empty = Catalog::default()
+            .apply(1, CatalogCommand::Bootstrap { nodes: nodes(&[]) })
+            .unwrap_err();
+        assert_eq!(empty.code, ErrorCode::InvalidArgument);
+    }
+
+    #[test]
     fn nodes_are_added_and_removed_only_when_they_host_nothing() {
-        let mut c = Catalog::founding(nodes(&[1, 2]));
+        let mut c = founded(&[1, 2]);
         c.apply(
             3,
             CatalogCommand::AddNode {
@@ -474,7 +548,7 @@ mod tests {
 
         let dir = tempfile::tempdir().unwrap();
         assert_eq!(Catalog::load(dir.path()).unwrap(), None);
-        let mut c = Catalog::founding(nodes(&[1, 2, 3]));
+        let mut c = founded(&[1, 2, 3]);
         c.apply(4, cmd).unwrap();
         c.applied_index = 4;
         c.save(dir.path()).unwrap();

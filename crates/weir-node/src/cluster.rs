@@ -435,8 +435,21 @@ impl Cluster {
     }
 
     /// Proposes a catalog command through the metadata leader (this node) and waits for its
-    /// result. Async: waits on the group thread's reply.
+    /// result, recording the founding members first if no Bootstrap entry was applied yet.
     async fn propose(&self, command: CatalogCommand) -> Result<(), ErrorReply> {
+        if !read(&self.catalog).bootstrapped {
+            let nodes = read(&self.catalog).nodes.clone();
+            match self.propose_one(CatalogCommand::Bootstrap { nodes }).await {
+                Ok(()) => {}
+                Err(e) if e.code == ErrorCode::AlreadyExists => {}
+                Err(e) => return Err(e),
+            }
+        }
+        self.propose_one(command).await
+    }
+
+    /// Proposes one catalog command and waits for its result.
+    async fn propose_one(&self, command: CatalogCommand) -> Result<(), ErrorReply> {
         let meta = self
             .meta()
             .ok_or_else(|| ErrorReply::new(ErrorCode::Unavailable, "metadata group not started"))?
@@ -528,7 +541,15 @@ impl Cluster {
     pub fn maintain(&self) {
         if let Some(meta) = self.meta() {
             let s = meta.status();
-            if s.role == Role::Leader && s.commit_index >= s.last_index {
+            let bootstrapped = read(&self.catalog).bootstrapped;
+            if s.role == Role::Leader && s.commit_index >= s.last_index && !bootstrapped {
+                // Put the founding member list into the log, for nodes that join later.
+                let nodes = read(&self.catalog).nodes.clone();
+                if let Ok(data) = (CatalogCommand::Bootstrap { nodes }).encode() {
+                    tracing::info!("recording the founding members in the catalog");
+                    meta.propose(data, Box::new(|_| {}));
+                }
+            } else if s.role == Role::Leader && s.commit_index >= s.last_index {
                 let nodes: Vec<NodeId> = read(&self.catalog)
                     .nodes
                     .keys()
