@@ -3,7 +3,7 @@
 
 use anyhow::{Context, Result, bail};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 use tokio::sync::Notify;
 use weir_client::{Client, ListenFrom, Offset, TopicConfig};
@@ -12,14 +12,18 @@ use weir_integration::history::History;
 
 const WAIT: Duration = Duration::from_secs(90);
 const TOPIC: &str = "t";
+/// Bound on the PUTs one producer sends in a leader-kill test (it stops earlier when told).
+const PER_PRODUCER_MAX: u64 = 1_000_000;
 
-/// Each producer sends `count` PUTs pipelined (window 64), recording sends and acks; a PUT
-/// whose outcome is unknown (connection lost, timeout) is recorded as sent only, and the
-/// producer goes on with the next message.
+/// Each producer sends PUTs pipelined (window 64) until `stop` is set (at most
+/// `PER_PRODUCER_MAX`), recording sends and acks; a PUT whose outcome is unknown (connection
+/// lost, timeout) is recorded as sent only, and the producer goes on with the next message.
+/// Producing until told to stop, rather than a fixed count, keeps PUTs in flight at every
+/// leader kill however fast or slow the machine is.
 async fn produce(
     client: Client,
     producer_no: u32,
-    count: u64,
+    stop: Arc<AtomicBool>,
     acks: Arc<AtomicU64>,
     acked_once: Arc<Notify>,
 ) -> Result<(History, u64)> {
@@ -42,7 +46,10 @@ async fn produce(
             }
         }
     };
-    for seq in 0..count {
+    for seq in 0..PER_PRODUCER_MAX {
+        if stop.load(Ordering::Relaxed) {
+            break;
+        }
         let value = format!("p{producer_no}-{seq}").into_bytes();
         history.sent(producer_no, seq, value.clone());
         match producer.send(None, value.clone()).await {
@@ -60,6 +67,24 @@ async fn produce(
         settle(value, r, &mut history);
     }
     Ok((history, failures))
+}
+
+/// Waits (bounded by [`WAIT`]) until at least `target` PUTs have been acknowledged.
+async fn wait_for_acks(acks: &AtomicU64, acked_once: &Notify, target: u64) -> Result<()> {
+    tokio::time::timeout(WAIT, async {
+        loop {
+            let notified = acked_once.notified();
+            tokio::pin!(notified);
+            // Registered before the check, so an ack in between is not missed.
+            notified.as_mut().enable();
+            if acks.load(Ordering::Relaxed) >= target {
+                return;
+            }
+            notified.await;
+        }
+    })
+    .await?;
+    Ok(())
 }
 
 /// Reads `TOPIC` from node `id` until an entry at or beyond `until` arrives.
@@ -88,17 +113,19 @@ async fn read_back(
     Ok(log)
 }
 
-/// Kills the topic's leader `rounds` times while 3 producers write, restarting each killed
-/// node before the next kill; then checks every replica's log against the producers' history.
-async fn leader_kills_lose_nothing(rounds: usize, per_producer: u64) -> Result<()> {
+/// Kills the topic's leader `rounds` times while 3 producers write, each time once a further
+/// `acks_per_round` PUTs have been acknowledged, restarting each killed node before the next
+/// kill; then stops the producers and checks every replica's log against their history.
+async fn leader_kills_lose_nothing(rounds: usize, acks_per_round: u64) -> Result<()> {
     let mut cluster = LocalCluster::start(3, &[]).await?;
     let admin = cluster.client().await?;
     admin
         .create_topic(TOPIC, TopicConfig::default())
         .await
         .context("create topic")?;
-    let mut leader = cluster.wait_for_leader(TOPIC, None).await?;
+    cluster.wait_for_leader(TOPIC, None).await?;
 
+    let stop = Arc::new(AtomicBool::new(false));
     let acks = Arc::new(AtomicU64::new(0));
     let acked_once = Arc::new(Notify::new());
     let mut producers = Vec::new();
@@ -107,47 +134,32 @@ async fn leader_kills_lose_nothing(rounds: usize, per_producer: u64) -> Result<(
         producers.push(tokio::spawn(produce(
             client,
             p,
-            per_producer,
+            stop.clone(),
             acks.clone(),
             acked_once.clone(),
         )));
     }
-    let total = 3 * per_producer;
     let mut failovers = Vec::new();
-    for round in 0..rounds {
+    let mut target = 0;
+    for _ in 0..rounds {
         // Kill once a further share of the PUTs has been acknowledged.
-        let target = total * (round as u64 + 1) / (rounds as u64 + 2);
-        tokio::time::timeout(WAIT, async {
-            while acks.load(Ordering::Relaxed) < target {
-                let notified = acked_once.notified();
-                if acks.load(Ordering::Relaxed) >= target {
-                    break;
-                }
-                notified.await;
-            }
-        })
-        .await
-        .context("producers stalled")?;
+        target = target.max(acks.load(Ordering::Relaxed)) + acks_per_round;
+        wait_for_acks(&acks, &acked_once, target)
+            .await
+            .context("producers stalled")?;
+        // Asked now: leadership may have moved since (back to the preferred replica).
+        let leader = cluster.wait_for_leader(TOPIC, None).await?;
         cluster.kill9(leader).await?;
         let killed_at = Instant::now();
-        let before = acks.load(Ordering::Relaxed);
         // The time until the next acknowledgement is the failover time a producer sees.
-        tokio::time::timeout(WAIT, async {
-            while acks.load(Ordering::Relaxed) == before {
-                let notified = acked_once.notified();
-                if acks.load(Ordering::Relaxed) != before {
-                    break;
-                }
-                notified.await;
-            }
-        })
-        .await
-        .context("no PUT was acknowledged after the leader was killed")?;
+        wait_for_acks(&acks, &acked_once, acks.load(Ordering::Relaxed) + 1)
+            .await
+            .context("no PUT was acknowledged after the leader was killed")?;
         failovers.push(killed_at.elapsed());
-        let new_leader = cluster.wait_for_leader(TOPIC, Some(leader)).await?;
+        cluster.wait_for_leader(TOPIC, Some(leader)).await?;
         cluster.start_node(leader).await?;
-        leader = new_leader;
     }
+    stop.store(true, Ordering::Relaxed);
     let mut history = History::default();
     let mut unknown = 0;
     for p in producers {
@@ -184,12 +196,12 @@ async fn leader_kills_lose_nothing(rounds: usize, per_producer: u64) -> Result<(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn acknowledged_puts_survive_a_leader_kill_and_replicas_agree() -> Result<()> {
-    leader_kills_lose_nothing(1, 1500).await
+    leader_kills_lose_nothing(1, 500).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn repeated_leader_kills_lose_nothing() -> Result<()> {
-    leader_kills_lose_nothing(4, 1500).await
+    leader_kills_lose_nothing(4, 300).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

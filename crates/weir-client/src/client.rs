@@ -4,14 +4,14 @@ use crate::config::quinn_client_config;
 use crate::listener::Listener;
 use crate::producer::Producer;
 use crate::routing::{ClusterView, RouteTable, RoutedCall, Target, resolve_node_addr};
-use crate::session::{PendingReply, Session, unexpected};
+use crate::session::{PendingReply, PutWatch, Session, unexpected};
 use crate::{ClientConfig, ClientError};
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{SystemTime, UNIX_EPOCH};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tokio::time::Instant;
 use weir_proto::limits::{KEY_BYTES_MAX, VALUE_BYTES_MAX};
 use weir_proto::{
@@ -31,6 +31,18 @@ use weir_proto::{
 /// [`crate::LeaderRetryPolicy`]. If a connection breaks, requests outstanding on it fail with
 /// [`ClientError::ConnectionLost`] and the next call reconnects (to the seeds in order, then
 /// to the other members it heard of). Listeners reconnect on their own.
+///
+/// Failover: a node that died is noticed when its connection hears nothing for
+/// [`ClientConfig::idle_timeout`], or sooner when PUTs wait on it: once one has waited
+/// [`ClientConfig::leader_check_after`], the node is checked (does its connection still
+/// answer? do the other nodes still take it for the leader?), and if it is dead, or a deposed
+/// leader cut off from the others, the client gives up on its connection (the PUTs outstanding
+/// there fail with [`ClientError::ConnectionLost`]: their outcome is unknown, and they are not
+/// resent) and learns the new leader from the other nodes. A node whose connection was lost or
+/// could not be made is passed over for about a second while another node can be tried, a new
+/// connection is awaited only [`ClientConfig::connect_patience`] before a request goes to
+/// another node instead, and requests waiting for a leader to be elected go as soon as one is
+/// learned, so they reach the new leader about as soon as it is elected.
 ///
 /// ```no_run
 /// use weir_client::{Client, ClientConfig, ListenFrom, TopicConfig};
@@ -54,6 +66,12 @@ pub struct Client {
     pub(crate) inner: Arc<Inner>,
 }
 
+/// How long a node whose connection was lost, or could not be made, is passed over while
+/// another node can be tried.
+pub(crate) const NODE_DOWN_FOR: Duration = Duration::from_secs(1);
+/// Shortest pause between two leader checks of one session.
+const LEADER_RECHECK_MIN: Duration = Duration::from_millis(50);
+
 pub(crate) struct Inner {
     pub(crate) config: ClientConfig,
     quinn_config: quinn::ClientConfig,
@@ -63,8 +81,14 @@ pub(crate) struct Inner {
     connecting_any: tokio::sync::Mutex<()>,
     /// One connection slot per node address, made when first needed.
     nodes: Mutex<HashMap<SocketAddr, Arc<NodeSlot>>>,
+    /// Nodes recently lost or not reachable, with when they may be tried again (see
+    /// [`NODE_DOWN_FOR`]).
+    down: Mutex<HashMap<SocketAddr, Instant>>,
     endpoints: Mutex<Endpoints>,
     routes: Mutex<RouteTable>,
+    /// Bumped whenever a leader is learned: requests waiting to resend (the leader being
+    /// unknown) look again at once.
+    leader_learned: watch::Sender<u64>,
     in_flight: Arc<Semaphore>,
     pub(crate) producer_id: ProducerId,
     seq: Arc<AtomicU64>,
@@ -79,12 +103,16 @@ impl std::fmt::Debug for Inner {
     }
 }
 
+/// The outcome of a connection attempt, once it is known.
+type Outcome = Option<Result<Arc<Session>, ClientError>>;
+
 /// The connection to one node.
 #[derive(Default)]
 struct NodeSlot {
     session: Mutex<Option<Arc<Session>>>,
-    /// Held while connecting, so concurrent callers wait for one attempt.
-    connecting: tokio::sync::Mutex<()>,
+    /// The connection attempt under way, if any (one at a time per node): concurrent callers
+    /// wait for its outcome.
+    attempt: Mutex<Option<watch::Receiver<Outcome>>>,
 }
 
 impl NodeSlot {
@@ -139,8 +167,10 @@ impl Client {
             current: Mutex::new(None),
             connecting_any: tokio::sync::Mutex::new(()),
             nodes: Mutex::new(HashMap::new()),
+            down: Mutex::new(HashMap::new()),
             endpoints: Mutex::new(Endpoints::default()),
             routes: Mutex::new(RouteTable::default()),
+            leader_learned: watch::Sender::new(0),
             producer_id: new_producer_id(),
             seq: Arc::new(AtomicU64::new(0)),
         });
@@ -410,7 +440,34 @@ impl Inner {
     }
 
     pub(crate) fn set_route(&self, target: &Target, addr: SocketAddr) {
-        self.routes().set(target, addr);
+        let changed = {
+            let mut routes = self.routes();
+            let changed = routes.route(target) != Some(addr);
+            routes.set(target, addr);
+            changed
+        };
+        if changed {
+            self.leader_learned.send_modify(|n| *n += 1);
+        }
+    }
+
+    /// Waits until `until`, or until a leader of `target` is learned (see
+    /// [`Inner::set_route`]) if that comes first.
+    pub(crate) async fn wait_for_leader(&self, target: &Target, until: Instant) {
+        let mut learned = self.leader_learned.subscribe();
+        let sleep = tokio::time::sleep_until(until);
+        tokio::pin!(sleep);
+        loop {
+            tokio::select! {
+                () = &mut sleep => return,
+                changed = learned.changed() => {
+                    // (The sender lives as long as `self`.)
+                    if changed.is_err() || self.route(target).is_some() {
+                        return;
+                    }
+                }
+            }
+        }
     }
 
     pub(crate) fn forget_route(&self, target: &Target, addr: SocketAddr) {
@@ -424,9 +481,61 @@ impl Inner {
             .cloned()
     }
 
+    /// Passes `addr` over for a while (see [`NODE_DOWN_FOR`]).
+    pub(crate) fn mark_down(&self, addr: SocketAddr) {
+        lock(&self.down).insert(addr, Instant::now() + NODE_DOWN_FOR);
+    }
+
+    /// Whether `addr` was lost or unreachable less than [`NODE_DOWN_FOR`] ago.
+    pub(crate) fn is_down(&self, addr: SocketAddr) -> bool {
+        let mut down = lock(&self.down);
+        match down.get(&addr) {
+            Some(until) if *until > Instant::now() => true,
+            Some(_) => {
+                down.remove(&addr);
+                false
+            }
+            None => false,
+        }
+    }
+
+    /// A session to `addr` was lost (not closed by this client): the node is passed over for a
+    /// while and no route points at it any more.
+    fn node_lost(&self, addr: SocketAddr) {
+        self.mark_down(addr);
+        self.routes().forget_node(addr);
+    }
+
+    /// Every node address this client knows of: the seeds, then the members last heard of,
+    /// then the other nodes it has a connection slot for (leaders it was told of).
+    fn known_addrs(&self) -> Vec<SocketAddr> {
+        let mut addrs = self.config.addrs.clone();
+        for addr in self.routes().known_nodes() {
+            if !addrs.contains(addr) {
+                addrs.push(*addr);
+            }
+        }
+        for addr in lock(&self.nodes).keys() {
+            if !addrs.contains(addr) {
+                addrs.push(*addr);
+            }
+        }
+        addrs
+    }
+
+    /// Whether a node other than `addr`, not passed over, is known.
+    fn has_alternative(&self, addr: SocketAddr) -> bool {
+        self.known_addrs()
+            .into_iter()
+            .any(|other| other != addr && !self.is_down(other))
+    }
+
     /// A live session with any node, connecting (lazily, once for all concurrent callers) if
-    /// there is none: the seeds in order, then the other members last heard of.
-    pub(crate) async fn session(&self) -> Result<Arc<Session>, ClientError> {
+    /// there is none: the seeds in order, then the other members last heard of. Nodes passed
+    /// over recently come last; each address but the last is given
+    /// [`ClientConfig::connect_patience`] before the next is tried, and then every attempt
+    /// still under way (and the nodes passed over) may answer first.
+    pub(crate) async fn session(self: &Arc<Self>) -> Result<Arc<Session>, ClientError> {
         if let Some(session) = self.live_current() {
             return Ok(session);
         }
@@ -440,39 +549,204 @@ impl Inner {
                 candidates.push(*addr);
             }
         }
+        let (up, down): (Vec<SocketAddr>, Vec<SocketAddr>) = candidates
+            .into_iter()
+            .partition(|addr| !self.is_down(*addr));
+        let patience = self.config.connect_patience;
         let mut failures = Vec::new();
-        for addr in candidates {
-            match self.session_for(addr).await {
-                Ok(session) => {
-                    *lock(&self.current) = Some(session.clone());
-                    return Ok(session);
-                }
+        let mut later = Vec::new();
+        for (i, &addr) in up.iter().enumerate() {
+            let last = i + 1 == up.len() && down.is_empty();
+            match self.try_session(addr, (!last).then_some(patience)).await {
+                Ok(Some(session)) => return Ok(self.use_current(session)),
+                Ok(None) => later.push(addr),
                 // A config error will not get better with another address.
                 Err(e @ ClientError::Config(_)) => return Err(e),
                 Err(e) => failures.push(format!("{addr}: {}", strip_connect_prefix(&e))),
             }
         }
+        later.extend(down);
+        if !later.is_empty() {
+            let mut attempts = tokio::task::JoinSet::new();
+            for addr in later {
+                let inner = self.clone();
+                attempts.spawn(async move { (addr, inner.session_for(addr).await) });
+            }
+            while let Some(done) = attempts.join_next().await {
+                match done {
+                    Ok((_, Ok(session))) => return Ok(self.use_current(session)),
+                    Ok((_, Err(e @ ClientError::Config(_)))) => return Err(e),
+                    Ok((addr, Err(e))) => {
+                        failures.push(format!("{addr}: {}", strip_connect_prefix(&e)));
+                    }
+                    Err(e) => failures.push(format!("a connection task ended: {e}")),
+                }
+            }
+        }
         Err(ClientError::Connect(failures.join("; ")))
     }
 
-    /// The live session with the node at `addr`, connecting (once for all concurrent callers)
-    /// if there is none.
-    pub(crate) async fn session_for(&self, addr: SocketAddr) -> Result<Arc<Session>, ClientError> {
-        let slot = lock(&self.nodes).entry(addr).or_default().clone();
-        if let Some(session) = slot.live() {
-            return Ok(session);
+    /// A live session with any node but those in `avoid` (nodes that just said they know no
+    /// leader): the current one if it is not avoided, else one with another known node that
+    /// is not passed over (connected ones first, each new one given
+    /// [`ClientConfig::connect_patience`]); if there is none, the usual [`Inner::session`].
+    pub(crate) async fn session_avoiding(
+        self: &Arc<Self>,
+        avoid: &[SocketAddr],
+    ) -> Result<Arc<Session>, ClientError> {
+        if avoid.is_empty() {
+            return self.session().await;
         }
-        let _connecting = slot.connecting.lock().await;
-        if let Some(session) = slot.live() {
-            return Ok(session);
+        if let Some(current) = self.live_current()
+            && !avoid.contains(&current.remote())
+        {
+            return Ok(current);
         }
-        let session = self.connect(addr).await?;
-        *lock(&slot.session) = Some(session.clone());
-        Ok(session)
+        let (connected, others): (Vec<SocketAddr>, Vec<SocketAddr>) = self
+            .known_addrs()
+            .into_iter()
+            .filter(|addr| !avoid.contains(addr) && !self.is_down(*addr))
+            .partition(|addr| self.live_session(*addr).is_some());
+        let patience = Some(self.config.connect_patience);
+        for addr in connected.into_iter().chain(others) {
+            if let Ok(Some(session)) = self.try_session(addr, patience).await {
+                return Ok(session);
+            }
+        }
+        self.session().await
     }
 
-    /// One connection attempt, bounded by the connect timeout.
-    async fn connect(&self, addr: SocketAddr) -> Result<Arc<Session>, ClientError> {
+    fn use_current(&self, session: Arc<Session>) -> Arc<Session> {
+        *lock(&self.current) = Some(session.clone());
+        session
+    }
+
+    /// The live session with the node at `addr`, connecting (once for all concurrent callers)
+    /// if there is none, and waiting for the whole attempt.
+    pub(crate) async fn session_for(
+        self: &Arc<Self>,
+        addr: SocketAddr,
+    ) -> Result<Arc<Session>, ClientError> {
+        match self.try_session(addr, None).await? {
+            Some(session) => Ok(session),
+            None => Err(ClientError::Connect(format!(
+                "{addr}: the connection attempt was abandoned"
+            ))),
+        }
+    }
+
+    /// The session for a request routed to `addr` (a leader): the live one, or a new one
+    /// within [`ClientConfig::connect_patience`] if another node could take the request
+    /// instead. A node passed over recently is not tried then (fails at once).
+    pub(crate) async fn routed_session(
+        self: &Arc<Self>,
+        addr: SocketAddr,
+    ) -> Result<Arc<Session>, ClientError> {
+        if let Some(session) = self.live_session(addr) {
+            return Ok(session);
+        }
+        if !self.has_alternative(addr) {
+            return self.session_for(addr).await;
+        }
+        if self.is_down(addr) {
+            return Err(ClientError::Connect(format!(
+                "{addr} was lost or unreachable less than {NODE_DOWN_FOR:?} ago"
+            )));
+        }
+        let patience = self.config.connect_patience;
+        match self.try_session(addr, Some(patience)).await? {
+            Some(session) => Ok(session),
+            None => Err(ClientError::Connect(format!(
+                "{addr}: not connected after {patience:?} (still trying in the background)"
+            ))),
+        }
+    }
+
+    fn slot(&self, addr: SocketAddr) -> Arc<NodeSlot> {
+        lock(&self.nodes).entry(addr).or_default().clone()
+    }
+
+    fn live_session(&self, addr: SocketAddr) -> Option<Arc<Session>> {
+        let slot = lock(&self.nodes).get(&addr).cloned()?;
+        slot.live()
+    }
+
+    /// The live session with `addr`, or the outcome of a connection attempt (joining the one
+    /// under way, or starting one in the background, where it goes on up to the connect
+    /// timeout whether or not anyone waits). With `patience`, `Ok(None)` if the attempt has
+    /// not finished within it.
+    async fn try_session(
+        self: &Arc<Self>,
+        addr: SocketAddr,
+        patience: Option<Duration>,
+    ) -> Result<Option<Arc<Session>>, ClientError> {
+        let slot = self.slot(addr);
+        if let Some(session) = slot.live() {
+            return Ok(Some(session));
+        }
+        let mut outcome = {
+            let mut attempt = lock(&slot.attempt);
+            if let Some(session) = slot.live() {
+                return Ok(Some(session));
+            }
+            match &*attempt {
+                // Under way (its task still holds the sender).
+                Some(rx) if rx.borrow().is_none() && rx.has_changed().is_ok() => rx.clone(),
+                _ => {
+                    let rx = self.start_attempt(addr, slot.clone());
+                    *attempt = Some(rx.clone());
+                    rx
+                }
+            }
+        };
+        let finished = outcome.wait_for(Option::is_some);
+        let finished = match patience {
+            None => finished.await,
+            Some(patience) => match tokio::time::timeout(patience, finished).await {
+                Ok(finished) => finished,
+                Err(_) => return Ok(None),
+            },
+        };
+        match finished {
+            Ok(outcome) => match &*outcome {
+                Some(Ok(session)) => Ok(Some(session.clone())),
+                Some(Err(e)) => Err(e.clone()),
+                None => Ok(None),
+            },
+            Err(_) => Err(ClientError::Connect(format!(
+                "{addr}: the connection attempt was abandoned"
+            ))),
+        }
+    }
+
+    /// Connects to `addr` in a task of its own; its outcome is published on the returned
+    /// receiver, after the session is stored in `slot` (or the node passed over).
+    fn start_attempt(
+        self: &Arc<Self>,
+        addr: SocketAddr,
+        slot: Arc<NodeSlot>,
+    ) -> watch::Receiver<Outcome> {
+        let (tx, rx) = watch::channel(None);
+        let inner = self.clone();
+        tokio::spawn(async move {
+            let outcome = inner.connect(addr).await;
+            match &outcome {
+                Ok(session) => {
+                    *lock(&slot.session) = Some(session.clone());
+                    lock(&inner.down).remove(&addr);
+                }
+                Err(ClientError::Config(_)) => {}
+                Err(_) => inner.mark_down(addr),
+            }
+            let _ = tx.send(Some(outcome));
+        });
+        rx
+    }
+
+    /// One connection attempt, bounded by the connect timeout. A session made here is watched
+    /// for a leader that stopped answering ([`ClientConfig::leader_check_after`]) and for its
+    /// loss.
+    async fn connect(self: &Arc<Self>, addr: SocketAddr) -> Result<Arc<Session>, ClientError> {
         let config = &self.config;
         let attempt = async {
             let endpoint = lock(&self.endpoints)
@@ -484,11 +758,19 @@ impl Inner {
             let conn = connecting
                 .await
                 .map_err(|e| ClientError::Connect(e.to_string()))?;
+            let inner = Arc::downgrade(self);
+            let on_lost = Box::new(move || {
+                if let Some(inner) = inner.upgrade() {
+                    tracing::debug!(node = %addr, "connection lost: passing the node over for a while");
+                    inner.node_lost(addr);
+                }
+            });
             Session::start(
                 conn,
                 self.seq.clone(),
                 &config.client_name,
                 config.request_timeout,
+                on_lost,
             )
             .await
         };
@@ -500,14 +782,25 @@ impl Inner {
             ))),
         };
         match &result {
-            Ok(_) => tracing::debug!(%addr, "connected to node"),
+            Ok(session) => {
+                tracing::debug!(%addr, "connected to node");
+                if let Some(after) = config.leader_check_after {
+                    tokio::spawn(watch_leader(
+                        Arc::downgrade(self),
+                        Arc::downgrade(session),
+                        session.put_watch(),
+                        addr,
+                        after,
+                    ));
+                }
+            }
             Err(e) => tracing::debug!(%addr, error = %e, "connection attempt failed"),
         }
         result
     }
 
     /// Sends `request` to any node and waits for its reply.
-    pub(crate) async fn call(&self, request: Request) -> Result<Reply, ClientError> {
+    pub(crate) async fn call(self: &Arc<Self>, request: Request) -> Result<Reply, ClientError> {
         self.start(request).await?.wait().await
     }
 
@@ -523,7 +816,7 @@ impl Inner {
     }
 
     /// Sends `request` to any node once an in-flight slot is free.
-    async fn start(&self, request: Request) -> Result<PendingReply, ClientError> {
+    async fn start(self: &Arc<Self>, request: Request) -> Result<PendingReply, ClientError> {
         let deadline = Instant::now() + self.config.request_timeout;
         let slot = self.in_flight_slot(deadline).await?;
         let session = self.session().await?;
@@ -531,7 +824,10 @@ impl Inner {
     }
 
     /// The status of the node at `addr`.
-    pub(crate) async fn status_of(&self, addr: SocketAddr) -> Result<NodeStatus, ClientError> {
+    pub(crate) async fn status_of(
+        self: &Arc<Self>,
+        addr: SocketAddr,
+    ) -> Result<NodeStatus, ClientError> {
         let deadline = Instant::now() + self.config.request_timeout;
         let slot = self.in_flight_slot(deadline).await?;
         let session = self.session_for(addr).await?;
@@ -554,6 +850,19 @@ impl Inner {
             Ok(reply) => reply?,
             Err(_) => return Err(ClientError::Timeout(self.config.request_timeout)),
         };
+        let view = self.cluster_view(reply, answered_by).await?;
+        if self.routes().apply(&view) {
+            self.leader_learned.send_modify(|n| *n += 1);
+        }
+        Ok(view)
+    }
+
+    /// A `Cluster` reply from `answered_by` with the members' addresses resolved.
+    async fn cluster_view(
+        &self,
+        reply: Reply,
+        answered_by: SocketAddr,
+    ) -> Result<ClusterView, ClientError> {
         let info = match reply {
             Reply::Cluster(info) => info,
             other => return Err(unexpected("Cluster", &other)),
@@ -569,9 +878,152 @@ impl Inner {
                 }
             }
         }
-        let view = ClusterView::new(info, addrs);
-        self.routes().apply(&view);
-        Ok(view)
+        Ok(ClusterView::new(info, addrs))
+    }
+
+    /// Asks the nodes other than `suspect` who leads `topics` (the ones connected first, each
+    /// given [`ClientConfig::connect_patience`] to connect and `answer_within` to answer). One
+    /// that names the suspect settles it ([`Verdict::Leads`]); otherwise the suspect is
+    /// deposed if any node that hosts the topics answered, since none of them takes it for the
+    /// leader. (One node's answer is not enough: a replica that is cut off, or has just
+    /// restarted, knows no leader while the suspect still leads.)
+    async fn check_leader(
+        self: &Arc<Self>,
+        suspect: SocketAddr,
+        topics: &[String],
+        answer_within: Duration,
+    ) -> Verdict {
+        let (mut candidates, unconnected): (Vec<SocketAddr>, Vec<SocketAddr>) = self
+            .known_addrs()
+            .into_iter()
+            .filter(|addr| *addr != suspect && !self.is_down(*addr))
+            .partition(|addr| self.live_session(*addr).is_some());
+        candidates.extend(unconnected);
+        let mut deposed: Vec<(String, Option<SocketAddr>)> = Vec::new();
+        let mut heard = false;
+        for addr in candidates {
+            let session = match self
+                .try_session(addr, Some(self.config.connect_patience))
+                .await
+            {
+                Ok(Some(session)) => session,
+                Ok(None) | Err(_) => continue,
+            };
+            let deadline = Instant::now() + answer_within;
+            let reply = match session
+                .send(Request::Cluster, Vec::new(), deadline, false)
+                .await
+            {
+                Ok(pending) => pending.wait().await,
+                Err(not_sent) => Err(not_sent.err),
+            };
+            let view = match reply {
+                Ok(reply) => self.cluster_view(reply, addr).await,
+                Err(e) => Err(e),
+            };
+            match view {
+                Ok(view) => match Verdict::of(&view, suspect, topics) {
+                    Verdict::Leads => return Verdict::Leads,
+                    Verdict::Deposed(leaders) => {
+                        heard = true;
+                        for (topic, leader) in leaders {
+                            match deposed.iter_mut().find(|(t, _)| *t == topic) {
+                                Some((_, known)) => *known = known.or(leader),
+                                None => deposed.push((topic, leader)),
+                            }
+                        }
+                    }
+                    Verdict::Unknown => {}
+                },
+                Err(e) => tracing::debug!(%addr, error = %e, "leader check: no answer"),
+            }
+        }
+        if heard {
+            Verdict::Deposed(deposed)
+        } else {
+            Verdict::Unknown
+        }
+    }
+
+    /// Checks the node of `suspect`, on which PUTs for `topics` have waited `after`: first
+    /// whether the connection is alive at all (the node is asked who leads, on that
+    /// connection, and must answer or at least acknowledge within a quarter of `after`, or
+    /// three round trips if longer), then, if it is, whether the other nodes still take it for
+    /// the leader.
+    async fn check_suspect(
+        self: &Arc<Self>,
+        suspect: &Arc<Session>,
+        topics: &[String],
+        after: Duration,
+    ) -> Suspect {
+        let addr = suspect.remote();
+        let window = (after / 4).max(suspect.conn.rtt() * 3 + Duration::from_millis(50));
+        let heard_before = heard_from(&suspect.conn);
+        let deadline = Instant::now() + window;
+        let reply = match suspect
+            .send(Request::Cluster, Vec::new(), deadline, false)
+            .await
+        {
+            Ok(pending) => pending.wait().await,
+            Err(not_sent) => Err(not_sent.err),
+        };
+        let own_view = match reply {
+            Ok(reply) => self.cluster_view(reply, addr).await.ok(),
+            Err(_) => None,
+        };
+        if own_view.is_none() && heard_from(&suspect.conn) == heard_before {
+            return Suspect::Dead;
+        }
+        match self.check_leader(addr, topics, after).await {
+            Verdict::Leads | Verdict::Unknown => Suspect::Fine,
+            Verdict::Deposed(leaders) => match own_view {
+                // It handed leadership over and follows the new leader: the PUTs it holds are
+                // decided (committed, or refused as not leader) as soon as it catches up.
+                Some(view) if follows_another(&view, addr, topics) => Suspect::Fine,
+                // It still takes itself for the leader, or knows none: cut off from the others.
+                Some(_) => Suspect::Deposed(leaders),
+                // Alive but slow to answer: give it time.
+                None => Suspect::Fine,
+            },
+        }
+    }
+
+    /// After the connection to `lost` was given up while PUTs for `topics` waited there: asks
+    /// the other nodes every [`LEADER_RECHECK_MIN`] (for at most four times `after`) until they
+    /// name the topics' leaders, so that requests waiting to resend go there at once. While
+    /// they still name `lost` (they have not noticed yet, or it restarted and leads again), a
+    /// new connection to it is tried in the background, and used once it is up.
+    async fn learn_new_leaders(
+        self: &Arc<Self>,
+        lost: SocketAddr,
+        mut topics: Vec<String>,
+        after: Duration,
+    ) {
+        let until = Instant::now() + after * 4;
+        while !topics.is_empty() && Instant::now() < until {
+            tokio::time::sleep(LEADER_RECHECK_MIN).await;
+            match self.check_leader(lost, &topics, after).await {
+                Verdict::Deposed(leaders) => {
+                    for (topic, leader) in leaders {
+                        if let Some(leader) = leader {
+                            self.set_route(&Target::Topic(topic.clone()), leader);
+                            topics.retain(|t| *t != topic);
+                        }
+                    }
+                }
+                Verdict::Leads if self.live_session(lost).is_some() => {
+                    for topic in topics {
+                        self.set_route(&Target::Topic(topic), lost);
+                    }
+                    return;
+                }
+                Verdict::Leads => {
+                    // Starts an attempt in the background if none is under way.
+                    let _ = self.try_session(lost, Some(Duration::ZERO)).await;
+                }
+                Verdict::Unknown => return,
+            }
+        }
     }
 
     /// `topic`'s status on a node that hosts it, and that node (`None`: the node this client
@@ -628,6 +1080,146 @@ impl Inner {
             producer_id: self.producer_id,
             seq: Seq(0),
         }))
+    }
+}
+
+/// What other nodes say about a node suspected of no longer leading some topics.
+#[derive(Debug, PartialEq, Eq)]
+enum Verdict {
+    /// For these topics they name another leader (with its address, if known) or none.
+    Deposed(Vec<(String, Option<SocketAddr>)>),
+    /// One names the suspect as the leader of one of the topics.
+    Leads,
+    /// It hosts none of the topics (only a replica knows a topic's leader), or does not know
+    /// them.
+    Unknown,
+}
+
+impl Verdict {
+    /// The verdict of the node that answered `view` on `suspect` as the leader of `topics`:
+    /// [`Verdict::Leads`] if it names the suspect for any of them (the suspect is then alive
+    /// and leading, so its slow PUTs will be answered).
+    fn of(view: &ClusterView, suspect: SocketAddr, topics: &[String]) -> Self {
+        let mut deposed = Vec::new();
+        let mut leads = false;
+        for topic in topics {
+            let Some(placement) = view.info.topics.iter().find(|t| &t.name == topic) else {
+                continue;
+            };
+            if !placement.replicas.contains(&view.info.node_id) {
+                continue;
+            }
+            match placement.leader {
+                None => deposed.push((topic.clone(), None)),
+                Some(id) => match view.addr_of(id) {
+                    Some(addr) if addr == suspect => leads = true,
+                    Some(addr) => deposed.push((topic.clone(), Some(addr))),
+                    // A leader whose address is unknown may be the suspect.
+                    None => {}
+                },
+            }
+        }
+        if leads {
+            Self::Leads
+        } else if !deposed.is_empty() {
+            Self::Deposed(deposed)
+        } else {
+            Self::Unknown
+        }
+    }
+}
+
+/// What a check of a node on which PUTs wait too long found.
+#[derive(Debug)]
+enum Suspect {
+    /// The connection is dead: the node neither answered nor acknowledged anything.
+    Dead,
+    /// The node is alive but the others do not take it for the leader, and it does not follow
+    /// another one: a deposed leader cut off from the others. The leaders they named, if any.
+    Deposed(Vec<(String, Option<SocketAddr>)>),
+    /// Alive, and the leader or about to decide its PUTs: wait.
+    Fine,
+}
+
+/// Whether `view`, the answer of the node at `addr`, names another node as the leader of each
+/// of `topics`.
+fn follows_another(view: &ClusterView, addr: SocketAddr, topics: &[String]) -> bool {
+    topics.iter().all(|topic| {
+        view.info
+            .topics
+            .iter()
+            .find(|t| &t.name == topic)
+            .and_then(|t| t.leader)
+            .and_then(|id| view.addr_of(id))
+            .is_some_and(|leader| leader != addr)
+    })
+}
+
+/// Frames acknowledging or carrying data received on `conn` so far: what only a live peer
+/// sends (a restarted node answers an old connection with undecryptable resets at most).
+fn heard_from(conn: &quinn::Connection) -> u64 {
+    let frames = conn.stats().frame_rx;
+    frames.acks + frames.stream
+}
+
+/// Watches one session until it ends, checking its node while PUTs wait there longer than
+/// `after` ([`ClientConfig::leader_check_after`]): one check at a time, then a pause of half
+/// of `after`. If the connection is dead, or the node is a deposed leader cut off from the
+/// others, gives the session up (the PUTs outstanding there fail), passes the node over for a
+/// while and routes its topics to the leaders the others name.
+async fn watch_leader(
+    inner: Weak<Inner>,
+    session: Weak<Session>,
+    puts: PutWatch,
+    addr: SocketAddr,
+    after: Duration,
+) {
+    let recheck = (after / 2).max(LEADER_RECHECK_MIN);
+    while let Some(topics) = puts.slow_puts(after).await {
+        let (Some(client), Some(suspect)) = (inner.upgrade(), session.upgrade()) else {
+            return;
+        };
+        tracing::debug!(node = %addr, ?topics, "PUTs wait long: checking the node");
+        let (leaders, why) = match client.check_suspect(&suspect, &topics, after).await {
+            Suspect::Fine => {
+                drop((client, suspect));
+                tokio::select! {
+                    () = tokio::time::sleep(recheck) => {}
+                    () = puts.failed() => {}
+                }
+                continue;
+            }
+            Suspect::Dead => {
+                tracing::info!(node = %addr, "no sign of life within the check: giving up its connection");
+                (Vec::new(), "it stopped answering")
+            }
+            Suspect::Deposed(leaders) => {
+                tracing::info!(
+                    node = %addr, ?leaders,
+                    "a deposed leader cut off from the others: giving up its connection"
+                );
+                (
+                    leaders,
+                    "it no longer leads and is cut off from the other nodes",
+                )
+            }
+        };
+        client.mark_down(addr);
+        client.routes().forget_node(addr);
+        let mut unknown = topics;
+        for (topic, leader) in leaders {
+            if let Some(leader) = leader {
+                client.set_route(&Target::Topic(topic.clone()), leader);
+                unknown.retain(|t| *t != topic);
+            }
+        }
+        suspect.abandon(ClientError::ConnectionLost(format!(
+            "gave up on {addr} after this request waited {after:?} there: {why} (whether the \
+             request took effect is unknown)"
+        )));
+        drop(suspect);
+        client.learn_new_leaders(addr, unknown, after).await;
+        return;
     }
 }
 
@@ -728,6 +1320,82 @@ mod tests {
                 "{bad:?}"
             );
         }
+    }
+
+    fn addr(port: u16) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], port))
+    }
+
+    /// A `Cluster` answer from node `answering` of nodes 1..=4 (node i at port 7000 + i), with
+    /// `(topic, replicas, leader)`.
+    fn view(answering: u64, topics: &[(&str, &[u64], Option<u64>)]) -> ClusterView {
+        let info = ClusterInfo {
+            node_id: answering,
+            nodes: (1..=4)
+                .map(|id| NodeInfo {
+                    node_id: id,
+                    addr: format!("127.0.0.1:{}", 7000 + id),
+                })
+                .collect(),
+            metadata_leader: None,
+            topics: topics
+                .iter()
+                .map(|(name, replicas, leader)| weir_proto::TopicPlacement {
+                    name: (*name).to_owned(),
+                    group: 1,
+                    replicas: replicas.to_vec(),
+                    leader: *leader,
+                })
+                .collect(),
+        };
+        // Node 4's address does not resolve.
+        let addrs = (1..=3).map(|id| (id, addr(7000 + id as u16))).collect();
+        ClusterView::new(info, addrs)
+    }
+
+    #[test]
+    fn a_replica_naming_another_leader_or_none_deposes_the_suspect() {
+        let suspect = addr(7001);
+        let t = ["t".to_owned()];
+        let named = view(2, &[("t", &[1, 2, 3], Some(3))]);
+        assert_eq!(
+            Verdict::of(&named, suspect, &t),
+            Verdict::Deposed(vec![("t".into(), Some(addr(7003)))])
+        );
+        let electing = view(2, &[("t", &[1, 2, 3], None)]);
+        assert_eq!(
+            Verdict::of(&electing, suspect, &t),
+            Verdict::Deposed(vec![("t".into(), None)])
+        );
+        let agrees = view(2, &[("t", &[1, 2, 3], Some(1))]);
+        assert_eq!(Verdict::of(&agrees, suspect, &t), Verdict::Leads);
+    }
+
+    #[test]
+    fn a_node_that_does_not_host_the_topic_or_names_an_unknown_address_has_no_verdict() {
+        let suspect = addr(7001);
+        let t = ["t".to_owned()];
+        // Node 2 is not a replica of "t": its "no leader" means nothing.
+        let elsewhere = view(2, &[("t", &[1, 3], None)]);
+        assert_eq!(Verdict::of(&elsewhere, suspect, &t), Verdict::Unknown);
+        let missing = view(2, &[]);
+        assert_eq!(Verdict::of(&missing, suspect, &t), Verdict::Unknown);
+        // The leader it names has no known address: it may be the suspect.
+        let unresolved = view(2, &[("t", &[1, 2, 4], Some(4))]);
+        assert_eq!(Verdict::of(&unresolved, suspect, &t), Verdict::Unknown);
+    }
+
+    #[test]
+    fn a_suspect_still_named_for_one_topic_is_taken_to_lead() {
+        let suspect = addr(7001);
+        let topics = ["a".to_owned(), "b".to_owned()];
+        let v = view(2, &[("a", &[1, 2], Some(2)), ("b", &[1, 2], Some(1))]);
+        assert_eq!(Verdict::of(&v, suspect, &topics), Verdict::Leads);
+        let v = view(2, &[("a", &[1, 2], Some(2)), ("b", &[1, 2], None)]);
+        assert_eq!(
+            Verdict::of(&v, suspect, &topics),
+            Verdict::Deposed(vec![("a".into(), Some(addr(7002))), ("b".into(), None)])
+        );
     }
 
     #[test]

@@ -32,27 +32,77 @@ pub struct ClientConfig {
     /// PEM file with the cluster CA certificate(s) the node's certificate must chain to.
     pub ca_cert: PathBuf,
     /// Name the node's certificate must be valid for. Node certificates always carry
-    /// `localhost`, `127.0.0.1` and `::1`, plus the hosts given to `weir certs init`.
+    /// `localhost`, `127.0.0.1` and `::1`, plus the hosts given to `weir certs init`. Default
+    /// `localhost`.
     pub server_name: String,
-    /// Client certificate and key (PEM) to present, for nodes that require them.
+    /// Client certificate and key (PEM) to present, for nodes that require them. Default none.
     pub client_auth: Option<ClientAuth>,
     /// Bound on one connection attempt (QUIC + TLS handshake and protocol hello) per address.
+    /// Default 5 s.
+    ///
+    /// A dead address is only found out by this timeout (QUIC over UDP gets no refusal), so
+    /// requests do not sit out the whole of it while another node is known: see
+    /// [`ClientConfig::connect_patience`].
     pub connect_timeout: Duration,
-    /// Bound on waiting for the reply to one request.
+    /// How long a request waits for a new connection to the node it is routed to (the leader it
+    /// was told of, or the next address when looking for any node) before it goes to another
+    /// node instead, when another node is known. The connection attempt itself goes on in the
+    /// background up to [`ClientConfig::connect_timeout`], so a slow but live node is still
+    /// reached (the other node names it again). A node whose connection was lost or could not
+    /// be made is passed over for about a second, as long as another node can be tried; with no
+    /// other node known, requests wait for the whole connection attempt. Default 500 ms.
+    pub connect_patience: Duration,
+    /// Bound on waiting for the reply to one request. Default 30 s.
     pub request_timeout: Duration,
     /// Most requests outstanding on the connection at once, across all tasks and producers.
-    /// Callers wait for a slot beyond this.
+    /// Callers wait for a slot beyond this. Default 4096.
     pub max_in_flight: usize,
-    /// QUIC keep-alive interval; keeps idle connections open and detects dead nodes.
+    /// QUIC keep-alive interval: how often the client makes a quiet connection carry a packet,
+    /// which keeps it open and lets [`ClientConfig::idle_timeout`] notice a dead node. Default
+    /// 500 ms: a few dozen bytes each way per interval and connection.
     pub keep_alive_interval: Duration,
-    /// A connection that hears nothing from the node for this long is considered lost.
+    /// A connection that hears nothing from the node for this long is considered lost: the
+    /// requests outstanding on it fail with [`crate::ClientError::ConnectionLost`] and
+    /// listeners on it reconnect elsewhere. Default 3 s (the node's own setting applies if it
+    /// is lower).
+    ///
+    /// The trade-off: this is how long a node that died without closing its connections (a
+    /// crash, a lost host, a partition) can hold up requests, so shorter fails over faster;
+    /// but a live node that cannot get a packet through for this long (heavy loss or
+    /// congestion, a stalled process) loses its connections, and PUTs in flight on them end
+    /// with an unknown outcome. Keep it several times [`ClientConfig::keep_alive_interval`].
+    /// A dead topic leader is usually noticed sooner, by [`ClientConfig::leader_check_after`].
     pub idle_timeout: Duration,
-    /// How listeners reconnect after losing their connection.
+    /// When the oldest PUT outstanding on a node's connection has waited this long, the client
+    /// checks that node. It first asks the node itself who leads, on that connection: if the
+    /// node neither answers nor acknowledges anything within a quarter of this (at least
+    /// three round trips), the connection is dead (the node crashed, restarted, or cannot be
+    /// reached). If it is alive, the other nodes are asked (`Cluster` requests, one after the
+    /// other) who leads the topics of the waiting PUTs: when none of the replicas that answer
+    /// names the node, and the node does not name another leader itself (a leader that handed
+    /// over decides the PUTs it holds as soon as it catches up), it is a deposed leader cut
+    /// off from the others. In both cases its connection is closed, the requests outstanding
+    /// on it fail with [`crate::ClientError::ConnectionLost`] (their outcome is unknown: they
+    /// are not resent), it is dropped from the routes and passed over for about a second, and
+    /// the other nodes are asked again every 50 ms (for a few seconds at most) until they
+    /// name the new leaders, to which the requests waiting for a leader then go at once.
+    /// Otherwise nothing is done, and the check is repeated every half of this while PUTs
+    /// keep waiting: one check at a time per connection, none while no PUT waits that long.
+    ///
+    /// Only PUTs count: administration requests may take long legitimately. A slow but live
+    /// leader costs only these checks (a few small requests each). A crashed leader is given
+    /// up about this plus a quarter of it after its last answer; lower values fail over sooner
+    /// but check more often when PUTs are merely slow. `None` turns the check off (dead nodes
+    /// are then found by [`ClientConfig::idle_timeout`] only). Default `Some(750 ms)`.
+    pub leader_check_after: Option<Duration>,
+    /// How listeners reconnect after losing their connection ([`ReconnectPolicy::default`]).
     pub reconnect: ReconnectPolicy,
     /// How requests that must reach a leader (PUTs, topic and cluster administration) are
-    /// redirected and retried while the leader moves or is being elected.
+    /// redirected and retried while the leader moves or is being elected
+    /// ([`LeaderRetryPolicy::default`]).
     pub leader_retry: LeaderRetryPolicy,
-    /// Sent to the node in the protocol hello (shows up in the node's logs).
+    /// Sent to the node in the protocol hello (shows up in the node's logs). Default
+    /// `weir-client/<version>`.
     pub client_name: String,
 }
 
@@ -79,10 +129,12 @@ impl ClientConfig {
             server_name: "localhost".to_owned(),
             client_auth: None,
             connect_timeout: Duration::from_secs(5),
+            connect_patience: Duration::from_millis(500),
             request_timeout: Duration::from_secs(30),
             max_in_flight: 4096,
-            keep_alive_interval: Duration::from_secs(2),
-            idle_timeout: Duration::from_secs(10),
+            keep_alive_interval: Duration::from_millis(500),
+            idle_timeout: Duration::from_secs(3),
+            leader_check_after: Some(Duration::from_millis(750)),
             reconnect: ReconnectPolicy::default(),
             leader_retry: LeaderRetryPolicy::default(),
             client_name: format!("weir-client/{}", env!("CARGO_PKG_VERSION")),
@@ -121,6 +173,11 @@ impl ClientConfig {
         if self.max_in_flight == 0 {
             return Err(ClientError::Config(
                 "max_in_flight must be at least 1".into(),
+            ));
+        }
+        if self.leader_check_after.is_some_and(|d| d.is_zero()) {
+            return Err(ClientError::Config(
+                "leader_check_after must be above zero (None turns the check off)".into(),
             ));
         }
         Ok(())
@@ -226,8 +283,9 @@ impl ReconnectPolicy {
 /// cluster for its current layout before resending. Retrying stops when a wait is due once
 /// `max_elapsed` has passed since the request was first sent, or when the next resend would
 /// pass the request timeout, with [`crate::ClientError::NotLeader`] naming the topic (or the
-/// catalog). A known leader that cannot be connected to is dropped from the client's routes and
-/// the request (which never left) goes to another node.
+/// catalog). A known leader that cannot be connected to (within
+/// [`ClientConfig::connect_patience`], or lost less than about a second ago) is dropped from
+/// the client's routes and the request (which never left) goes to another node.
 ///
 /// Only requests the node answered "not leader" (it did not act on them), and requests that
 /// could not be sent at all, are resent: a request whose connection broke after it was sent is
@@ -453,5 +511,15 @@ mod tests {
         assert!(matches!(c.validate(), Err(ClientError::Config(_))));
         let c = ClientConfig::with_addrs(Vec::new(), "ca.crt");
         assert!(matches!(c.validate(), Err(ClientError::Config(_))));
+    }
+
+    #[test]
+    fn a_zero_leader_check_delay_is_rejected_and_none_turns_the_check_off() {
+        let mut c = ClientConfig::new("127.0.0.1:1".parse().unwrap(), "ca.crt");
+        assert_eq!(c.leader_check_after, Some(Duration::from_millis(750)));
+        c.leader_check_after = Some(Duration::ZERO);
+        assert!(matches!(c.validate(), Err(ClientError::Config(_))));
+        c.leader_check_after = None;
+        assert!(c.validate().is_ok());
     }
 }

@@ -15,7 +15,9 @@
 //! Retries never risk a duplicate: only requests the node refused without acting on them
 //! ("not leader"), or that never left the client, are resent. A PUT whose connection broke
 //! after it was sent fails with [`ClientError::ConnectionLost`]; whether it was stored is
-//! unknown.
+//! unknown. That includes PUTs waiting on a leader that died or was deposed: once a PUT has
+//! waited [`ClientConfig::leader_check_after`] the client checks its node, and gives up on that
+//! connection if the node no longer answers or no longer leads (see [`Client`] on failover).
 //!
 //! ```no_run
 //! use weir_client::{Client, ClientConfig, ListenFrom, TopicConfig};

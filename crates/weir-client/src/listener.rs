@@ -279,13 +279,16 @@ async fn run(
 }
 
 /// The node to attach to: from a fresh cluster layout, the topic's leader, or after `failures`
-/// failed attachments in a row the next of its replicas in turn; `None` (any node) if the
-/// layout is unavailable or does not place the topic.
+/// failed attachments in a row the next of its replicas in turn (replicas whose node was lost
+/// recently come last); `None` (any node) if the layout is unavailable or does not place the
+/// topic.
 async fn pick_node(inner: &Arc<Inner>, topic: &str, failures: u32) -> Option<SocketAddr> {
     let deadline = Instant::now() + inner.config.request_timeout;
     match inner.refresh_cluster(deadline).await {
         Ok(view) => {
-            let hosts = view.hosts_of(topic);
+            let mut hosts = view.hosts_of(topic);
+            // Stable: the leader stays first among the nodes not passed over.
+            hosts.sort_by_key(|addr| inner.is_down(*addr));
             let pick = usize::try_from(failures).unwrap_or(0) % hosts.len().max(1);
             hosts.get(pick).copied()
         }
@@ -299,7 +302,7 @@ async fn pick_node(inner: &Arc<Inner>, topic: &str, failures: u32) -> Option<Soc
 /// One attachment: opens a listen stream to `node` (any node if `None`; connecting if needed)
 /// and forwards events until the stream ends.
 async fn attach(
-    inner: &Inner,
+    inner: &Arc<Inner>,
     topic: &str,
     from: ListenFrom,
     node: Option<SocketAddr>,

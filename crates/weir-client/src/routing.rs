@@ -80,18 +80,30 @@ impl RouteTable {
         }
     }
 
+    /// Forgets every route to `addr` (its node was lost).
+    pub(crate) fn forget_node(&mut self, addr: SocketAddr) {
+        self.leaders.retain(|_, leader| *leader != addr);
+        if self.catalog == Some(addr) {
+            self.catalog = None;
+        }
+    }
+
     pub(crate) fn forget_topic(&mut self, topic: &str) {
         self.leaders.remove(topic);
     }
 
-    /// Takes in a `Cluster` answer whose node addresses resolved to `view.addrs`.
-    pub(crate) fn apply(&mut self, view: &ClusterView) {
+    /// Takes in a `Cluster` answer whose node addresses resolved to `view.addrs`; `true` if it
+    /// named a leader not known before.
+    pub(crate) fn apply(&mut self, view: &ClusterView) -> bool {
         let info = &view.info;
-        self.catalog = info.metadata_leader.and_then(|id| view.addr_of(id));
+        let catalog = info.metadata_leader.and_then(|id| view.addr_of(id));
+        let mut learned = catalog.is_some() && catalog != self.catalog;
+        self.catalog = catalog;
         for placement in &info.topics {
             match placement.leader.and_then(|id| view.addr_of(id)) {
                 Some(addr) => {
-                    self.leaders.insert(placement.name.clone(), addr);
+                    let before = self.leaders.insert(placement.name.clone(), addr);
+                    learned |= before != Some(addr);
                 }
                 None => {
                     self.leaders.remove(&placement.name);
@@ -103,6 +115,7 @@ impl RouteTable {
             .iter()
             .filter_map(|n| view.addr_of(n.node_id))
             .collect();
+        learned
     }
 
     /// The members last heard of, for falling back when no seed answers.
@@ -197,6 +210,9 @@ pub(crate) struct RoutedCall {
     waits: u32,
     /// Redirections followed without waiting since the last wait.
     hops: u32,
+    /// Nodes that answered "not leader" without naming one during this call (cut off, or
+    /// electing): while the leader is unknown the request goes to another node if there is one.
+    clueless: Vec<SocketAddr>,
 }
 
 impl fmt::Debug for RoutedCall {
@@ -229,6 +245,7 @@ impl RoutedCall {
             retries: 0,
             waits: 0,
             hops: 0,
+            clueless: Vec::new(),
         }
     }
 
@@ -239,7 +256,7 @@ impl RoutedCall {
     }
 
     /// Sends `request` to the node believed to lead the target, or to any node if none is
-    /// known. If that leader cannot be reached, or its connection turns out dead before the
+    /// known (preferring one that has not answered "not leader" without naming one yet). If that leader cannot be reached, or its connection turns out dead before the
     /// request is written, the request (which never left) goes to another node. The reply is
     /// not awaited: see [`RoutedCall::settle`].
     pub(crate) async fn dispatch(
@@ -249,7 +266,7 @@ impl RoutedCall {
         loop {
             let routed = self.inner.route(&self.target);
             let session = match routed {
-                Some(addr) => match self.inner.session_for(addr).await {
+                Some(addr) => match self.inner.routed_session(addr).await {
                     Ok(session) => session,
                     Err(e @ ClientError::Config(_)) => return Err(e),
                     Err(e) => {
@@ -263,7 +280,7 @@ impl RoutedCall {
                         continue;
                     }
                 },
-                None => self.inner.session().await?,
+                None => self.inner.session_avoiding(&self.clueless).await?,
             };
             let slot = self.inner.in_flight_slot(self.deadline).await?;
             match session.send(request, vec![slot], self.deadline, true).await {
@@ -319,7 +336,8 @@ impl RoutedCall {
     }
 
     /// Follows a `NotLeader` answer from `answered_by`: routes to the named leader, or backs
-    /// off and refreshes the routes. `Err` when the policy says to stop.
+    /// off, refreshes the routes and (if the leader is still unknown) tries another node next.
+    /// `Err` when the policy says to stop.
     async fn redirect(
         &mut self,
         err: &ErrorReply,
@@ -343,8 +361,17 @@ impl RoutedCall {
             }
             None => {
                 self.inner.forget_route(&self.target, answered_by);
+                if !self.clueless.contains(&answered_by) {
+                    self.clueless.push(answered_by);
+                }
+                if self.inner.route(&self.target).is_some() {
+                    // Another request learned the leader meanwhile.
+                    return self.wait_before_resend(Resend::Redirected, last).await;
+                }
                 self.wait_before_resend(Resend::Later, last).await?;
-                if let Err(e) = self.inner.refresh_cluster(self.deadline).await {
+                if self.inner.route(&self.target).is_none()
+                    && let Err(e) = self.inner.refresh_cluster(self.deadline).await
+                {
                     tracing::debug!(error = %e, "cluster refresh failed; resending anyway");
                 }
                 Ok(())
@@ -402,8 +429,16 @@ impl RoutedCall {
         if out_of_budget || Instant::now() + delay >= self.deadline {
             return Err(self.give_up(last, elapsed));
         }
-        if !delay.is_zero() {
-            tokio::time::sleep(delay).await;
+        match resend {
+            _ if delay.is_zero() => {}
+            // The leader is unknown: learning it (from another request's answer, or the leader
+            // check) ends the wait early.
+            Resend::Later => {
+                self.inner
+                    .wait_for_leader(&self.target, Instant::now() + delay)
+                    .await;
+            }
+            Resend::Redirected => tokio::time::sleep(delay).await,
         }
         Ok(())
     }
@@ -468,7 +503,8 @@ mod tests {
         let mut routes = RouteTable::default();
         let electing = Target::Topic("electing".into());
         routes.set(&electing, addr(9999));
-        routes.apply(&view());
+        assert!(routes.apply(&view()), "leaders learned");
+        assert!(!routes.apply(&view()), "nothing new the second time");
         assert_eq!(routes.route(&Target::Topic("led".into())), Some(addr(7003)));
         assert_eq!(routes.route(&Target::Catalog), Some(addr(7002)));
         assert_eq!(

@@ -3,12 +3,12 @@
 //! to the waiting callers by request id.
 
 use crate::ClientError;
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
-use tokio::sync::{OwnedSemaphorePermit, mpsc, oneshot};
+use tokio::sync::{Notify, OwnedSemaphorePermit, mpsc, oneshot};
 use tokio::time::Instant;
 use weir_proto::limits::FRAME_BYTES_MAX;
 use weir_proto::{
@@ -43,12 +43,18 @@ struct WaitersState {
     /// Set once the request stream failed; no request is accepted after that.
     failed: Option<ClientError>,
     waiters: HashMap<RequestId, Waiter>,
+    /// The PUTs among the waiters, oldest first (ids increase with time): when each was sent
+    /// and its topic. What [`PutWatch`] looks at.
+    puts: BTreeMap<RequestId, (Instant, String)>,
 }
 
 /// The waiters of one request stream, shared by the callers and the reader and writer tasks.
 #[derive(Default)]
 struct Waiters {
     state: Mutex<WaitersState>,
+    /// Wakes the [`PutWatch`]: a PUT was registered while none was outstanding, or the stream
+    /// failed.
+    changed: Notify,
 }
 
 impl Waiters {
@@ -59,18 +65,39 @@ impl Waiters {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    fn register(&self, id: RequestId, waiter: Waiter) -> Result<(), ClientError> {
+    /// Registers the waiter of request `id`; `put_topic` is the topic of a PUT.
+    fn register(
+        &self,
+        id: RequestId,
+        waiter: Waiter,
+        put_topic: Option<&str>,
+    ) -> Result<(), ClientError> {
         let mut state = self.lock();
         if let Some(err) = &state.failed {
             return Err(err.clone());
         }
         state.waiters.insert(id, waiter);
+        if let Some(topic) = put_topic {
+            let first = state.puts.is_empty();
+            state.puts.insert(id, (Instant::now(), topic.to_owned()));
+            drop(state);
+            if first {
+                self.changed.notify_one();
+            }
+        }
         Ok(())
+    }
+
+    /// Removes the waiter of `id` (and its PUT entry).
+    fn take(&self, id: RequestId) -> Option<Waiter> {
+        let mut state = self.lock();
+        state.puts.remove(&id);
+        state.waiters.remove(&id)
     }
 
     /// Routes a reply; `false` if nobody waits for that id (timed out, or a stray reply).
     fn complete(&self, id: RequestId, result: ReplyResult) -> bool {
-        let waiter = self.lock().waiters.remove(&id);
+        let waiter = self.take(id);
         match waiter {
             Some(mut waiter) => {
                 // The caller may have stopped waiting (dropped its handle): fine.
@@ -91,7 +118,7 @@ impl Waiters {
     }
 
     fn cancel(&self, id: RequestId) {
-        self.lock().waiters.remove(&id);
+        self.take(id);
     }
 
     /// Fails every outstanding request and refuses new ones.
@@ -101,8 +128,10 @@ impl Waiters {
             if state.failed.is_none() {
                 state.failed = Some(err.clone());
             }
+            state.puts.clear();
             state.waiters.drain().map(|(_, w)| w).collect()
         };
+        self.changed.notify_one();
         if !drained.is_empty() {
             tracing::debug!(requests = drained.len(), error = %err, "failing outstanding requests");
         }
@@ -114,6 +143,67 @@ impl Waiters {
 
     fn is_failed(&self) -> bool {
         self.lock().failed.is_some()
+    }
+
+    /// `None` once failed; else when the oldest outstanding PUT was sent, if any.
+    fn oldest_put(&self) -> Option<Option<Instant>> {
+        let state = self.lock();
+        if state.failed.is_some() {
+            return None;
+        }
+        Some(state.puts.values().next().map(|(sent, _)| *sent))
+    }
+
+    /// The topics of the PUTs outstanding since `cutoff` or earlier, each once.
+    fn put_topics_since(&self, cutoff: Instant) -> Vec<String> {
+        let state = self.lock();
+        let mut topics: Vec<String> = Vec::new();
+        for (sent, topic) in state.puts.values() {
+            if *sent > cutoff {
+                break;
+            }
+            if !topics.contains(topic) {
+                topics.push(topic.clone());
+            }
+        }
+        topics
+    }
+}
+
+/// Watches the PUTs outstanding on one session, for the leader check
+/// ([`crate::ClientConfig::leader_check_after`]). Holds no reference to the session itself.
+pub(crate) struct PutWatch {
+    waiters: Arc<Waiters>,
+}
+
+impl PutWatch {
+    /// Waits until the oldest PUT outstanding has waited `after`, and returns the topics of the
+    /// PUTs that have; `None` once the session failed. Sleeps while no PUT is outstanding and
+    /// wakes at most once per `after` while PUTs come and go.
+    pub(crate) async fn slow_puts(&self, after: Duration) -> Option<Vec<String>> {
+        loop {
+            match self.waiters.oldest_put()? {
+                None => self.waiters.changed.notified().await,
+                Some(sent) => {
+                    let due = sent + after;
+                    let now = Instant::now();
+                    if now >= due {
+                        return Some(self.waiters.put_topics_since(now - after));
+                    }
+                    tokio::select! {
+                        () = tokio::time::sleep_until(due) => {}
+                        () = self.waiters.changed.notified() => {}
+                    }
+                }
+            }
+        }
+    }
+
+    /// Waits until the session failed.
+    pub(crate) async fn failed(&self) {
+        while !self.waiters.is_failed() {
+            self.waiters.changed.notified().await;
+        }
     }
 }
 
@@ -162,22 +252,54 @@ impl Drop for Session {
     }
 }
 
+/// What to do when the node or the network ended a session (not this client): called before
+/// the requests outstanding on it fail, so that whoever sees their failure also sees its effect.
+pub(crate) type OnLost = Box<dyn Fn() + Send + Sync>;
+
+/// Fails a session's waiters, first calling [`OnLost`] if the connection was closed other than
+/// by this client.
+struct Failer {
+    waiters: Arc<Waiters>,
+    conn: quinn::Connection,
+    on_lost: OnLost,
+}
+
+impl Failer {
+    fn fail(&self, err: ClientError) {
+        let lost = self
+            .conn
+            .close_reason()
+            .is_some_and(|reason| !matches!(reason, quinn::ConnectionError::LocallyClosed));
+        if lost && !self.waiters.is_failed() {
+            (self.on_lost)();
+        }
+        self.waiters.fail(err);
+    }
+}
+
 impl Session {
-    /// Opens the request stream on `conn`, starts its tasks and says hello.
+    /// Opens the request stream on `conn`, starts its tasks and says hello. `on_lost` is
+    /// called if the node or the network ends the session.
     pub(crate) async fn start(
         conn: quinn::Connection,
         seq: Arc<AtomicU64>,
         client_name: &str,
         request_timeout: Duration,
+        on_lost: OnLost,
     ) -> Result<Arc<Self>, ClientError> {
         let (send, recv) = conn
             .open_bi()
             .await
             .map_err(|e| ClientError::ConnectionLost(format!("cannot open a stream: {e}")))?;
         let waiters = Arc::new(Waiters::default());
+        let failer = Arc::new(Failer {
+            waiters: waiters.clone(),
+            conn: conn.clone(),
+            on_lost,
+        });
         let (queue, rx) = mpsc::channel(WRITE_QUEUE);
-        tokio::spawn(write_loop(send, rx, waiters.clone(), seq));
-        tokio::spawn(read_loop(recv, waiters.clone()));
+        tokio::spawn(write_loop(send, rx, waiters.clone(), failer.clone(), seq));
+        tokio::spawn(read_loop(recv, waiters.clone(), failer));
         let session = Arc::new(Self {
             conn,
             queue,
@@ -222,6 +344,20 @@ impl Session {
         self.conn.remote_address()
     }
 
+    /// A watch on this session's outstanding PUTs.
+    pub(crate) fn put_watch(&self) -> PutWatch {
+        PutWatch {
+            waiters: self.waiters.clone(),
+        }
+    }
+
+    /// Gives up on this session: fails every outstanding request with `err` (their outcome is
+    /// unknown; they are not resent) and closes the connection.
+    pub(crate) fn abandon(&self, err: ClientError) {
+        self.waiters.fail(err);
+        self.conn.close(0u32.into(), b"client gave up on this node");
+    }
+
     /// Queues `request`; the returned handle waits for its reply until `deadline`. `permits`
     /// are released when the reply arrives or the request fails. With `keep`, the request is
     /// handed back with the reply ([`PendingReply::wait_keeping`]).
@@ -241,7 +377,11 @@ impl Session {
             _permits: permits,
             request: None,
         };
-        if let Err(err) = self.waiters.register(id, waiter) {
+        let put_topic = match &request {
+            Request::Put(put) => Some(put.topic.as_str()),
+            _ => None,
+        };
+        if let Err(err) = self.waiters.register(id, waiter, put_topic) {
             return Err(NotSent { err, request });
         }
         let timeout = deadline.saturating_duration_since(Instant::now());
@@ -330,6 +470,7 @@ async fn write_loop(
     mut send: quinn::SendStream,
     mut rx: mpsc::Receiver<Outgoing>,
     waiters: Arc<Waiters>,
+    failer: Arc<Failer>,
     seq: Arc<AtomicU64>,
 ) {
     let mut buf = Vec::new();
@@ -363,7 +504,7 @@ async fn write_loop(
             continue;
         }
         if let Err(e) = send.write_all(&buf).await {
-            waiters.fail(ClientError::ConnectionLost(format!("sending: {e}")));
+            failer.fail(ClientError::ConnectionLost(format!("sending: {e}")));
             return;
         }
         if buf.capacity() > 4 * COALESCE_BYTES {
@@ -374,7 +515,7 @@ async fn write_loop(
     let _ = send.finish();
 }
 
-async fn read_loop(mut recv: quinn::RecvStream, waiters: Arc<Waiters>) {
+async fn read_loop(mut recv: quinn::RecvStream, waiters: Arc<Waiters>, failer: Arc<Failer>) {
     let mut decoder = FrameDecoder::new(FRAME_BYTES_MAX);
     let err = loop {
         match recv.read_chunk(READ_CHUNK, true).await {
@@ -392,7 +533,7 @@ async fn read_loop(mut recv: quinn::RecvStream, waiters: Arc<Waiters>) {
         }
     };
     tracing::debug!(error = %err, "request stream ended");
-    waiters.fail(err);
+    failer.fail(err);
 }
 
 fn route_frames(decoder: &mut FrameDecoder, waiters: &Waiters) -> Result<(), ClientError> {
@@ -462,8 +603,8 @@ mod tests {
         let waiters = Waiters::default();
         let (w1, mut rx1) = waiter();
         let (w2, mut rx2) = waiter();
-        waiters.register(RequestId(1), w1).unwrap();
-        waiters.register(RequestId(2), w2).unwrap();
+        waiters.register(RequestId(1), w1, None).unwrap();
+        waiters.register(RequestId(2), w2, None).unwrap();
 
         let mut bytes = Vec::new();
         for (id, off) in [(2, 20), (1, 10)] {
@@ -492,7 +633,7 @@ mod tests {
     fn a_failed_stream_fails_outstanding_and_later_requests() {
         let waiters = Waiters::default();
         let (w1, mut rx1) = waiter();
-        waiters.register(RequestId(1), w1).unwrap();
+        waiters.register(RequestId(1), w1, None).unwrap();
         waiters.fail(ClientError::ConnectionLost("gone".into()));
         assert_eq!(
             rx1.try_recv().unwrap().0,
@@ -500,7 +641,7 @@ mod tests {
         );
         let (w2, _rx2) = waiter();
         assert_eq!(
-            waiters.register(RequestId(2), w2),
+            waiters.register(RequestId(2), w2, None),
             Err(ClientError::ConnectionLost("gone".into()))
         );
         assert!(waiters.is_failed());
@@ -511,8 +652,8 @@ mod tests {
         let waiters = Waiters::default();
         let (w1, mut rx1) = waiter();
         let (w2, mut rx2) = waiter();
-        waiters.register(RequestId(1), w1).unwrap();
-        waiters.register(RequestId(2), w2).unwrap();
+        waiters.register(RequestId(1), w1, None).unwrap();
+        waiters.register(RequestId(2), w2, None).unwrap();
         waiters.keep(RequestId(1), Request::Status);
         waiters.keep(RequestId(2), Request::ListTopics);
         // Keeping for a request nobody waits for any more just drops it.
@@ -530,6 +671,44 @@ mod tests {
                 Err(ClientError::ConnectionLost("gone".into())),
                 Some(Request::ListTopics)
             )
+        );
+    }
+
+    #[tokio::test]
+    async fn the_put_watch_reports_the_topics_of_puts_waiting_too_long_and_ends_on_failure() {
+        let waiters = Arc::new(Waiters::default());
+        let watch = PutWatch {
+            waiters: waiters.clone(),
+        };
+        let mut receivers = Vec::new();
+        for (id, topic) in [(1, None), (2, Some("a")), (3, Some("b")), (4, Some("a"))] {
+            let (w, rx) = waiter();
+            receivers.push(rx);
+            waiters.register(RequestId(id), w, topic).unwrap();
+        }
+        // Only PUTs count, each topic once, oldest first.
+        let slow = watch.slow_puts(Duration::from_millis(5)).await;
+        assert_eq!(slow, Some(vec!["a".to_owned(), "b".to_owned()]));
+        // Answered or cancelled PUTs no longer count.
+        assert!(waiters.complete(RequestId(2), Ok(committed(1))));
+        waiters.cancel(RequestId(4));
+        let slow = watch.slow_puts(Duration::from_millis(5)).await;
+        assert_eq!(slow, Some(vec!["b".to_owned()]));
+        assert!(waiters.complete(RequestId(3), Ok(committed(2))));
+        assert_eq!(waiters.oldest_put(), Some(None), "no PUT outstanding");
+
+        // A failure wakes a watch that waits for PUTs, and fails what is outstanding.
+        let waiting = tokio::spawn(async move {
+            let slow = watch.slow_puts(Duration::from_millis(5)).await;
+            watch.failed().await;
+            slow
+        });
+        waiters.fail(ClientError::ConnectionLost("gone".into()));
+        assert_eq!(waiting.await.unwrap(), None);
+        assert_eq!(waiters.oldest_put(), None);
+        assert_eq!(
+            receivers[0].try_recv().unwrap().0,
+            Err(ClientError::ConnectionLost("gone".into()))
         );
     }
 

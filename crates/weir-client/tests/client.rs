@@ -19,6 +19,30 @@ async fn start_node_at(dir: &Path, listen: SocketAddr) -> Result<RunningNode> {
     Ok(Node::start(config).await?)
 }
 
+/// Restarts a node on the address it had. The stopped node's UDP socket closes once the last of
+/// its connection tasks ends (a listen stream's task may still be finishing when `shutdown`
+/// returns, and nothing signals when it is done), so a bind that finds the address still in use
+/// is retried, bounded by [`WAIT`].
+async fn restart_node_at(dir: &Path, listen: SocketAddr) -> Result<RunningNode> {
+    let started = tokio::time::Instant::now();
+    loop {
+        match start_node_at(dir, listen).await {
+            Err(e) if is_addr_in_use(&e) && started.elapsed() < WAIT => {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            other => return other,
+        }
+    }
+}
+
+fn is_addr_in_use(e: &anyhow::Error) -> bool {
+    matches!(
+        e.downcast_ref::<weir_node::StartError>(),
+        Some(weir_node::StartError::Bind { source, .. })
+            if source.kind() == std::io::ErrorKind::AddrInUse
+    )
+}
+
 async fn start_node(dir: &Path) -> Result<RunningNode> {
     start_node_at(dir, "127.0.0.1:0".parse()?).await
 }
@@ -56,8 +80,21 @@ fn offsets(events: &[Event]) -> Vec<u64> {
     events.iter().map(|e| e.offset.get()).collect()
 }
 
+fn values(events: &[Event]) -> Vec<String> {
+    events
+        .iter()
+        .map(|e| String::from_utf8_lossy(&e.value).into_owned())
+        .collect()
+}
+
+/// `prefix0`, `prefix1`, ... for `range`.
+fn named(prefix: &str, range: std::ops::Range<u64>) -> Vec<String> {
+    range.map(|i| format!("{prefix}{i}")).collect()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sequential_puts_get_dense_increasing_offsets_visible_in_list_topics() -> Result<()> {
+async fn sequential_puts_fill_offsets_1_to_n_after_the_leader_noop_visible_in_list_topics()
+-> Result<()> {
     let dir = tempfile::tempdir()?;
     let node = start_node(dir.path()).await?;
     let client = connect(&node).await?;
@@ -69,7 +106,8 @@ async fn sequential_puts_get_dense_increasing_offsets_visible_in_list_topics() -
         let c = client
             .put("t", Some(key.as_bytes()), format!("v{i}"))
             .await?;
-        assert_eq!(c.offset, Offset(i));
+        // One term on one node: offset 0 holds the leader's no-op, then message i at i + 1.
+        assert_eq!(c.offset, Offset(i + 1));
         assert!(
             c.timestamp_ms.get() >= previous_ts,
             "timestamps never go back"
@@ -81,7 +119,7 @@ async fn sequential_puts_get_dense_increasing_offsets_visible_in_list_topics() -
         .iter()
         .find(|t| t.name == "t")
         .context("topic listed")?;
-    assert_eq!((t.start_offset, t.next_offset), (Offset(0), Offset(20)));
+    assert_eq!((t.start_offset, t.next_offset), (Offset(0), Offset(21)));
 
     let status = client.status().await?;
     let ts = status
@@ -89,16 +127,17 @@ async fn sequential_puts_get_dense_increasing_offsets_visible_in_list_topics() -
         .iter()
         .find(|t| t.name == "t")
         .context("in status")?;
-    assert_eq!(ts.committed_offset, Offset(20));
-    assert_eq!(ts.appends, 20);
+    assert_eq!(ts.committed_offset, Offset(21));
+    // 20 messages and the no-op: one append per offset, none repeated.
+    assert_eq!(ts.appends, 21);
     assert!(status.server_version.starts_with(char::is_numeric));
     node.shutdown().await;
     Ok(())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn producer_with_window_64_commits_2000_puts_with_dense_offsets_in_send_order() -> Result<()>
-{
+async fn producer_with_window_64_commits_2000_puts_filling_offsets_1_to_n_in_send_order()
+-> Result<()> {
     let dir = tempfile::tempdir()?;
     let node = start_node(dir.path()).await?;
     let client = connect(&node).await?;
@@ -117,7 +156,12 @@ async fn producer_with_window_64_commits_2000_puts_with_dense_offsets_in_send_or
     for h in handles {
         got.push(timeout(h).await??.offset.get());
     }
-    assert_eq!(got, (0..2000).collect::<Vec<u64>>(), "dense, in send order");
+    // One term on one node: after the leader's no-op at 0, offsets 1..=2000 in send order.
+    assert_eq!(
+        got,
+        (1..=2000).collect::<Vec<u64>>(),
+        "every PUT once, in send order"
+    );
 
     // Group commit: far fewer fsyncs than appends when PUTs are pipelined.
     let status = client.status().await?;
@@ -126,14 +170,14 @@ async fn producer_with_window_64_commits_2000_puts_with_dense_offsets_in_send_or
         .iter()
         .find(|t| t.name == "bulk")
         .context("in status")?;
-    assert_eq!(ts.appends, 2000);
+    assert_eq!(ts.appends, 2001, "2000 messages and the leader's no-op");
     assert!(ts.fsyncs < 2000, "fsyncs {} for 2000 appends", ts.fsyncs);
     node.shutdown().await;
     Ok(())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn concurrent_tasks_on_one_cloned_client_get_distinct_dense_offsets() -> Result<()> {
+async fn concurrent_tasks_on_one_cloned_client_get_distinct_offsets_filling_1_to_n() -> Result<()> {
     let dir = tempfile::tempdir()?;
     let node = start_node(dir.path()).await?;
     let client = connect(&node).await?;
@@ -168,7 +212,8 @@ async fn concurrent_tasks_on_one_cloned_client_get_distinct_dense_offsets() -> R
         all.extend(offsets);
     }
     all.sort_unstable();
-    assert_eq!(all, (0..800).collect::<Vec<u64>>());
+    // One term on one node: offset 0 is the leader's no-op, the 800 PUTs fill 1..=800.
+    assert_eq!(all, (1..=800).collect::<Vec<u64>>());
     node.shutdown().await;
     Ok(())
 }
@@ -186,8 +231,9 @@ async fn listener_from_start_sees_every_entry_in_order_then_follows_the_tail() -
     }
     let mut listener = client.listen("t", ListenFrom::Start).await?;
     let events = next_events(&mut listener, 50).await?;
-    assert_eq!(offsets(&events), (0..50).collect::<Vec<u64>>());
-    assert_eq!(events[7].value, b"v7");
+    // One term on one node: the no-op at offset 0 is skipped, the messages fill 1..=50.
+    assert_eq!(offsets(&events), (1..=50).collect::<Vec<u64>>());
+    assert_eq!(values(&events), named("v", 0..50));
     assert_eq!(events[7].key.as_deref(), Some(b"key".as_slice()));
 
     // The tail: entries committed after the listener caught up.
@@ -195,9 +241,10 @@ async fn listener_from_start_sees_every_entry_in_order_then_follows_the_tail() -
         client.put("t", None, format!("v{i}")).await?;
     }
     let events = next_events(&mut listener, 10).await?;
-    assert_eq!(offsets(&events), (50..60).collect::<Vec<u64>>());
+    assert_eq!(offsets(&events), (51..=60).collect::<Vec<u64>>());
+    assert_eq!(values(&events), named("v", 50..60));
     assert_eq!(events[0].key, None);
-    assert_eq!(listener.last_offset(), Some(Offset(59)));
+    assert_eq!(listener.last_offset(), Some(Offset(60)));
     node.shutdown().await;
     Ok(())
 }
@@ -216,8 +263,9 @@ async fn listener_from_end_sees_only_entries_committed_after_listen() -> Result<
         client.put("t", None, format!("new{i}")).await?;
     }
     let events = next_events(&mut listener, 3).await?;
-    assert_eq!(offsets(&events), [5, 6, 7]);
-    assert_eq!(events[0].value, b"new0");
+    // The old messages are at 1..=5 (after the no-op at 0); the new ones follow them.
+    assert_eq!(offsets(&events), [6, 7, 8]);
+    assert_eq!(values(&events), named("new", 0..3));
     node.shutdown().await;
     Ok(())
 }
@@ -232,8 +280,10 @@ async fn listener_from_an_offset_starts_exactly_there() -> Result<()> {
         client.put("t", None, format!("v{i}")).await?;
     }
     let mut listener = client.listen("t", ListenFrom::Offset(Offset(4))).await?;
-    let events = next_events(&mut listener, 6).await?;
-    assert_eq!(offsets(&events), (4..10).collect::<Vec<u64>>());
+    // Messages v0..v9 are at 1..=10 (the no-op at 0): offset 4 holds v3.
+    let events = next_events(&mut listener, 7).await?;
+    assert_eq!(offsets(&events), (4..=10).collect::<Vec<u64>>());
+    assert_eq!(values(&events), named("v", 3..10));
     node.shutdown().await;
     Ok(())
 }
@@ -264,24 +314,36 @@ async fn listener_survives_node_restart_on_the_same_port_without_gap_or_repeat()
     }
     let mut listener = client.listen("t", ListenFrom::Start).await?;
     let events = next_events(&mut listener, 10).await?;
-    assert_eq!(offsets(&events), (0..10).collect::<Vec<u64>>());
+    // The first term: the no-op at 0, the messages at 1..=10.
+    assert_eq!(offsets(&events), (1..=10).collect::<Vec<u64>>());
+    assert_eq!(values(&events), named("before", 0..10));
 
     node.shutdown().await;
-    let node = start_node_at(dir.path(), addr).await?;
+    let node = restart_node_at(dir.path(), addr).await?;
 
     // The client reconnects lazily for requests; the listener on its own.
+    let mut after = Vec::new();
     for i in 0..10 {
-        let offset = put_retrying(&client, "t", format!("after{i}")).await?;
-        assert_eq!(offset, 10 + i);
+        after.push(put_retrying(&client, "t", format!("after{i}")).await?);
     }
+    // The restarted node leads a new term whose no-op takes the next offset; the PUTs of that
+    // one term follow in one run, each once.
+    assert!(after[0] > 10, "after the restart: {after:?}");
+    assert_eq!(
+        after,
+        (after[0]..after[0] + 10).collect::<Vec<u64>>(),
+        "one term on one node: consecutive offsets"
+    );
     let events = next_events(&mut listener, 10).await?;
-    assert_eq!(offsets(&events), (10..20).collect::<Vec<u64>>());
-    assert_eq!(events[0].value, b"after0");
+    assert_eq!(offsets(&events), after, "no gap, no repeat");
+    assert_eq!(values(&events), named("after", 0..10));
 
     // Nothing was repeated in between: the very next event is the next PUT.
-    put_retrying(&client, "t", "last".into()).await?;
+    let last = put_retrying(&client, "t", "last".into()).await?;
+    assert_eq!(last, after[9] + 1);
     let event = next_event(&mut listener).await?;
-    assert_eq!(event.offset, Offset(20));
+    assert_eq!(event.offset, Offset(last));
+    assert_eq!(event.value, b"last");
     node.shutdown().await;
     Ok(())
 }
@@ -296,7 +358,8 @@ async fn requests_fail_while_the_node_is_down_and_the_next_call_reconnects() -> 
     config.connect_timeout = Duration::from_secs(1);
     let client = timeout(Client::connect(config)).await??;
     client.create_topic("t", TopicConfig::default()).await?;
-    assert_eq!(client.put("t", None, "a").await?.offset, Offset(0));
+    // Offset 0 is the leader's no-op.
+    assert_eq!(client.put("t", None, "a").await?.offset, Offset(1));
 
     node.shutdown().await;
     let err = timeout(client.put("t", None, "b")).await?.unwrap_err();
@@ -309,9 +372,15 @@ async fn requests_fail_while_the_node_is_down_and_the_next_call_reconnects() -> 
     );
     assert!(err.is_retryable());
 
-    let node = start_node_at(dir.path(), addr).await?;
+    let node = restart_node_at(dir.path(), addr).await?;
     let offset = put_retrying(&client, "t", "c".into()).await?;
-    assert_eq!(offset, 1);
+    // A new term (its no-op first), so "c" lands somewhere after "a"...
+    assert!(offset > 1, "{offset}");
+    // ...and the log holds "a" then "c": "b" was not stored, nothing was stored twice.
+    let mut listener = client.listen("t", ListenFrom::Start).await?;
+    let events = next_events(&mut listener, 2).await?;
+    assert_eq!(offsets(&events), [1, offset]);
+    assert_eq!(values(&events), ["a", "c"]);
     node.shutdown().await;
     Ok(())
 }
@@ -358,7 +427,8 @@ async fn node_errors_map_to_typed_client_errors() -> Result<()> {
         .unwrap_err();
     assert!(matches!(err, ClientError::InvalidArgument(_)), "{err:?}");
 
-    client.put("t", None, "v").await?;
+    // Offset 0 is the leader's no-op; "v" is the first message.
+    assert_eq!(client.put("t", None, "v").await?.offset, Offset(1));
     let err = client
         .listen("t", ListenFrom::Offset(Offset(5)))
         .await
@@ -370,8 +440,8 @@ async fn node_errors_map_to_typed_client_errors() -> Result<()> {
         .unwrap_err();
     assert!(matches!(err, ClientError::NotFound(_)), "{err:?}");
 
-    // The connection is still fine after all these errors.
-    assert_eq!(client.put("t", None, "w").await?.offset, Offset(1));
+    // The connection is still fine after all these errors, and none of them appended anything.
+    assert_eq!(client.put("t", None, "w").await?.offset, Offset(2));
     node.shutdown().await;
     Ok(())
 }

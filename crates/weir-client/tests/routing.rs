@@ -1,6 +1,7 @@
 //! Cluster routing against scripted fake nodes: leader hints, elections, bounded retries,
 //! no resend after a broken connection, producer resends, listeners over offset gaps and
-//! redirections, admin calls to the catalog leader, and per-node status.
+//! redirections, admin calls to the catalog leader, per-node status, and failover: the leader
+//! check on slow PUTs, unreachable leaders and lost nodes passed over.
 //!
 //! A fake node is a QUIC server with the cluster's node certificate that answers each request
 //! by a script (a closure of the request) and records every request but `Hello`.
@@ -9,10 +10,13 @@ use anyhow::{Context, Result, bail};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use std::collections::BTreeSet;
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+use tokio::sync::{Notify, mpsc};
 use weir_client::{
     Client, ClientConfig, ClientError, ClusterInfo, Event, LeaderRetryPolicy, ListenFrom, Listener,
     NodeStatus, Offset, ReconnectPolicy, TimestampMs, TopicConfig, TopicPlacement, TopicStatus,
@@ -41,6 +45,9 @@ enum Answer {
     RepliesThenFinish(Vec<Reply>),
     /// Closes the connection without answering (a node crashing after receiving a PUT).
     CloseConnection,
+    /// Sends the replies this resolves to, once it does (a slow node); the stream's other
+    /// requests are answered meanwhile.
+    Later(Pin<Box<dyn Future<Output = Vec<Reply>> + Send>>),
 }
 
 fn reply(reply: Reply) -> Answer {
@@ -78,7 +85,12 @@ fn server_config(certs: &CertPaths) -> Result<quinn::ServerConfig> {
         .with_single_cert(chain, key)?;
     tls.alpn_protocols = vec![weir_proto::ALPN.to_vec()];
     let quic = quinn::crypto::rustls::QuicServerConfig::try_from(tls)?;
-    Ok(quinn::ServerConfig::with_crypto(Arc::new(quic)))
+    let mut config = quinn::ServerConfig::with_crypto(Arc::new(quic));
+    // The client's idle timeout decides (tests set it beyond their own bounds).
+    let mut transport = quinn::TransportConfig::default();
+    transport.max_idle_timeout(None);
+    config.transport_config(Arc::new(transport));
+    Ok(config)
 }
 
 fn bind(certs: &CertPaths) -> Result<Bound> {
@@ -150,11 +162,12 @@ async fn accept_loop(endpoint: quinn::Endpoint, script: Script, log: Log) {
 
 async fn serve_stream(
     conn: quinn::Connection,
-    mut send: quinn::SendStream,
+    send: quinn::SendStream,
     mut recv: quinn::RecvStream,
     script: Script,
     log: Log,
 ) {
+    let send = Arc::new(tokio::sync::Mutex::new(send));
     let mut decoder = FrameDecoder::new(FRAME_BYTES_MAX);
     while let Ok(Some(chunk)) = recv.read_chunk(64 * 1024, true).await {
         decoder.extend(&chunk.bytes);
@@ -174,26 +187,49 @@ async fn serve_stream(
             let (replies, finish) = match answer {
                 Answer::Replies(replies) => (replies, false),
                 Answer::RepliesThenFinish(replies) => (replies, true),
+                Answer::Later(replies) => {
+                    // Answered when ready; the stream goes on meanwhile.
+                    let send = send.clone();
+                    tokio::spawn(async move {
+                        let replies = replies.await;
+                        write_replies(&send, id, replies, false).await;
+                    });
+                    continue;
+                }
                 Answer::CloseConnection => {
                     conn.close(0u32.into(), b"fake node crashed");
                     return;
                 }
             };
-            let mut buf = Vec::new();
-            for reply in replies {
-                if encode_frame(&ServerFrame { id, reply }, &mut buf).is_err() {
-                    return;
-                }
-            }
-            if send.write_all(&buf).await.is_err() {
-                return;
-            }
-            if finish {
-                let _ = send.finish();
+            if !write_replies(&send, id, replies, finish).await || finish {
                 return;
             }
         }
     }
+}
+
+/// Writes `replies` to request `id` (then finishes the stream if `finish`); false if the stream
+/// is gone.
+async fn write_replies(
+    send: &tokio::sync::Mutex<quinn::SendStream>,
+    id: weir_proto::RequestId,
+    replies: Vec<Reply>,
+    finish: bool,
+) -> bool {
+    let mut buf = Vec::new();
+    for reply in replies {
+        if encode_frame(&ServerFrame { id, reply }, &mut buf).is_err() {
+            return false;
+        }
+    }
+    let mut send = send.lock().await;
+    if send.write_all(&buf).await.is_err() {
+        return false;
+    }
+    if finish {
+        let _ = send.finish();
+    }
+    true
 }
 
 fn certs(dir: &tempfile::TempDir) -> Result<CertPaths> {
@@ -748,5 +784,403 @@ async fn cluster_and_statuses_report_every_member() -> Result<()> {
     // The catalog leader (B) answered the second Cluster request.
     assert!(b.count(|r| matches!(r, Request::Cluster)) >= 1);
     assert_eq!(a.count(|r| matches!(r, Request::Cluster)), 1);
+    Ok(())
+}
+
+/// Longer than every wait of these tests ([`WAIT`]): a test that finishes proves the client did
+/// not sit out this timeout.
+const NEVER: Duration = Duration::from_secs(120);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_put_stuck_on_a_deposed_leader_cut_off_from_the_others_fails_and_the_new_one_takes_over()
+-> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let certs = certs(&dir)?;
+    let (a, b, c) = (bind(&certs)?, bind(&certs)?, bind(&certs)?);
+    let nodes = [(1, a.addr), (2, b.addr), (3, c.addr)];
+    // A took the PUT but is cut off from the other replicas: it cannot commit it, and still
+    // takes itself for the leader. B and C know C leads now.
+    let a = a.serve(move |r| match r {
+        Request::Put(_) => Answer::Replies(Vec::new()),
+        Request::Cluster => reply(cluster(
+            &nodes,
+            Some(1),
+            vec![placement("t", &[1, 2, 3], Some(1))],
+        )),
+        _ => reply(error(ErrorCode::BadRequest)),
+    });
+    let layout = move || cluster(&nodes, Some(2), vec![placement("t", &[1, 2, 3], Some(3))]);
+    let b = b.serve(move |r| match r {
+        Request::Cluster => reply(layout()),
+        _ => reply(error(ErrorCode::BadRequest)),
+    });
+    let commit = committer();
+    let c = c.serve(move |r| match r {
+        Request::Put(_) => reply(commit()),
+        Request::Cluster => reply(layout()),
+        _ => reply(error(ErrorCode::BadRequest)),
+    });
+
+    let mut config = client_config(&certs, &[a.addr, b.addr]);
+    config.request_timeout = NEVER;
+    config.idle_timeout = NEVER;
+    config.leader_check_after = Some(Duration::from_millis(100));
+    let client = timeout(Client::connect(config)).await??;
+    let err = timeout(client.put("t", None, "lost")).await?.unwrap_err();
+    let ClientError::ConnectionLost(msg) = &err else {
+        bail!("expected ConnectionLost, got {err:?}");
+    };
+    assert!(msg.contains("no longer leads and is cut off"), "{msg}");
+    assert!(
+        b.count(|r| matches!(r, Request::Cluster)) >= 1,
+        "B was asked"
+    );
+    assert!(
+        a.count(|r| matches!(r, Request::Cluster)) >= 1,
+        "A was asked"
+    );
+
+    let c_put = timeout(client.put("t", None, "next")).await??;
+    assert_eq!(c_put.offset, Offset(0));
+    assert_eq!(
+        (a.puts(), b.puts(), c.puts()),
+        (1, 0, 1),
+        "the stuck PUT was not resent; the next one went to the leader B named"
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_leader_that_another_node_still_names_is_waited_for() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let certs = certs(&dir)?;
+    let (a, b) = (bind(&certs)?, bind(&certs)?);
+    let nodes = [(1, a.addr), (2, b.addr)];
+    let release = Arc::new(Notify::new());
+    let held = release.clone();
+    // A answers its PUT only when released; B keeps naming A as the leader.
+    let a = a.serve(move |r| match r {
+        Request::Put(_) => {
+            let held = held.clone();
+            Answer::Later(Box::pin(async move {
+                held.notified().await;
+                vec![committed(7)]
+            }))
+        }
+        _ => reply(error(ErrorCode::BadRequest)),
+    });
+    let (asked_tx, mut asked) = mpsc::unbounded_channel();
+    let b = b.serve(move |r| match r {
+        Request::Cluster => {
+            let _ = asked_tx.send(());
+            reply(cluster(
+                &nodes,
+                Some(1),
+                vec![placement("t", &[1, 2], Some(1))],
+            ))
+        }
+        _ => reply(error(ErrorCode::BadRequest)),
+    });
+
+    let mut config = client_config(&certs, &[a.addr, b.addr]);
+    config.leader_check_after = Some(Duration::from_millis(20));
+    let client = timeout(Client::connect(config)).await??;
+    let put = tokio::spawn(async move { client.put("t", None, "slow").await });
+    // Checked, and checked again while the PUT still waits: B names A each time.
+    for _ in 0..2 {
+        timeout(asked.recv()).await?.context("B's script ended")?;
+    }
+    release.notify_one();
+    let c = timeout(put).await???;
+    assert_eq!(c.offset, Offset(7), "the PUT was answered by A after all");
+    assert_eq!((a.puts(), b.puts()), (1, 0));
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_admin_requests_do_not_set_off_the_leader_check() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let certs = certs(&dir)?;
+    let (a, b) = (bind(&certs)?, bind(&certs)?);
+    let nodes = [(1, a.addr), (2, b.addr)];
+    // A leads the catalog and takes its time to create a topic (as a node waiting for the new
+    // topic's leader does); B would depose A if it were asked.
+    let a = a.serve(|r| match r {
+        Request::CreateTopic { .. } => Answer::Later(Box::pin(async {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            vec![Reply::TopicCreated]
+        })),
+        _ => reply(error(ErrorCode::BadRequest)),
+    });
+    let b = b.serve(move |r| match r {
+        Request::Cluster => reply(cluster(&nodes, None, vec![placement("t", &[1, 2], None)])),
+        _ => reply(error(ErrorCode::BadRequest)),
+    });
+
+    let mut config = client_config(&certs, &[a.addr, b.addr]);
+    config.leader_check_after = Some(Duration::from_millis(10));
+    let client = timeout(Client::connect(config)).await??;
+    timeout(client.create_topic("t", TopicConfig::default())).await??;
+    assert_eq!(b.count(|r| matches!(r, Request::Cluster)), 0, "no check");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_leader_costs_the_connect_patience_not_the_connect_timeout() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let certs = certs(&dir)?;
+    let dead = dead_addr()?;
+    let a = bind(&certs)?;
+    let puts = AtomicU64::new(0);
+    // Names a leader that is down, then (the election over) leads itself.
+    let a = a.serve(move |r| match r {
+        Request::Put(_) if puts.fetch_add(1, Ordering::Relaxed) == 0 => {
+            reply(not_leader(Some((2, dead))))
+        }
+        Request::Put(_) => reply(committed(0)),
+        _ => reply(error(ErrorCode::BadRequest)),
+    });
+
+    let mut config = client_config(&certs, &[a.addr]);
+    config.connect_timeout = NEVER;
+    config.request_timeout = NEVER;
+    config.connect_patience = Duration::from_millis(100);
+    let client = timeout(Client::connect(config)).await??;
+    let c = timeout(client.put("t", None, "v")).await??;
+    assert_eq!(c.offset, Offset(0));
+    assert_eq!(a.puts(), 2, "resent to the node it knows");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_that_dropped_its_connection_is_passed_over_for_the_next_seed() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let certs = certs(&dir)?;
+    let (a, b) = (bind(&certs)?, bind(&certs)?);
+    let a = a.serve(|r| match r {
+        Request::Put(_) => Answer::CloseConnection,
+        _ => reply(error(ErrorCode::BadRequest)),
+    });
+    let commit = committer();
+    let b = b.serve(move |r| match r {
+        Request::Put(_) => reply(commit()),
+        _ => reply(error(ErrorCode::BadRequest)),
+    });
+
+    let client = connect(&certs, &[a.addr, b.addr]).await?;
+    let err = timeout(client.put("t", None, "v")).await?.unwrap_err();
+    assert!(matches!(err, ClientError::ConnectionLost(_)), "{err:?}");
+    // A is the first seed and still accepts connections, but it just dropped one.
+    let c = timeout(client.put("t", None, "w")).await??;
+    assert_eq!(c.offset, Offset(0));
+    assert_eq!((a.puts(), b.puts()), (1, 1));
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_put_turned_away_by_a_node_that_knows_no_leader_tries_another_node() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let certs = certs(&dir)?;
+    let (a, b) = (bind(&certs)?, bind(&certs)?);
+    let nodes = [(1, a.addr), (2, b.addr)];
+    // A is cut off from the other replicas: it knows no leader, and its layout says so too.
+    let a = a.serve(move |r| match r {
+        Request::Put(_) => reply(not_leader(None)),
+        Request::Cluster => reply(cluster(&nodes, None, vec![placement("t", &[1, 2], None)])),
+        _ => reply(error(ErrorCode::BadRequest)),
+    });
+    let commit = committer();
+    let b = b.serve(move |r| match r {
+        Request::Put(_) => reply(commit()),
+        _ => reply(error(ErrorCode::BadRequest)),
+    });
+
+    let client = connect(&certs, &[a.addr, b.addr]).await?;
+    let c = timeout(client.put("t", None, "v")).await??;
+    assert_eq!(c.offset, Offset(0));
+    assert_eq!(
+        (a.puts(), b.puts()),
+        (1, 1),
+        "went to B after A knew no leader"
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deposed_leader_that_follows_the_new_one_is_left_to_decide_its_puts() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let certs = certs(&dir)?;
+    let (a, b, c) = (bind(&certs)?, bind(&certs)?, bind(&certs)?);
+    let nodes = [(1, a.addr), (2, b.addr), (3, c.addr)];
+    let layout = move || cluster(&nodes, Some(3), vec![placement("t", &[1, 2, 3], Some(3))]);
+    let release = Arc::new(Notify::new());
+    let held = release.clone();
+    let (probed_tx, mut probed) = mpsc::unbounded_channel();
+    // A handed leadership to C while holding a PUT, which it answers once it catches up
+    // (released here); asked itself, A names C.
+    let a = a.serve(move |r| match r {
+        Request::Put(_) => {
+            let held = held.clone();
+            Answer::Later(Box::pin(async move {
+                held.notified().await;
+                vec![committed(3)]
+            }))
+        }
+        Request::Cluster => {
+            let _ = probed_tx.send(());
+            reply(layout())
+        }
+        _ => reply(error(ErrorCode::BadRequest)),
+    });
+    let b = b.serve(move |r| match r {
+        Request::Cluster => reply(layout()),
+        _ => reply(error(ErrorCode::BadRequest)),
+    });
+    let c = c.serve(move |r| match r {
+        Request::Cluster => reply(layout()),
+        _ => reply(error(ErrorCode::BadRequest)),
+    });
+
+    let mut config = client_config(&certs, &[a.addr, b.addr, c.addr]);
+    config.leader_check_after = Some(Duration::from_millis(20));
+    let client = timeout(Client::connect(config)).await??;
+    let put = tokio::spawn(async move { client.put("t", None, "held").await });
+    // B and C name C; A, asked each time, answers that it follows C: the client keeps waiting.
+    for _ in 0..2 {
+        timeout(probed.recv()).await?.context("A's script ended")?;
+    }
+    release.notify_one();
+    let committed = timeout(put).await???;
+    assert_eq!(committed.offset, Offset(3), "A decided the PUT it held");
+    assert_eq!((a.puts(), b.puts(), c.puts()), (1, 0, 0));
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_put_waiting_out_an_election_goes_as_soon_as_another_call_learns_the_leader() -> Result<()>
+{
+    let dir = tempfile::tempdir()?;
+    let certs = certs(&dir)?;
+    let (a, b) = (bind(&certs)?, bind(&certs)?);
+    let nodes = [(1, a.addr), (2, b.addr)];
+    let (put_tx, mut put_seen) = mpsc::unbounded_channel();
+    // A does not know the leader when the PUT comes, but its layout names B.
+    let a = a.serve(move |r| match r {
+        Request::Put(_) => {
+            let _ = put_tx.send(());
+            reply(not_leader(None))
+        }
+        Request::Cluster => reply(cluster(
+            &nodes,
+            None,
+            vec![placement("t", &[1, 2], Some(2))],
+        )),
+        _ => reply(error(ErrorCode::BadRequest)),
+    });
+    let commit = committer();
+    let b = b.serve(move |r| match r {
+        Request::Put(_) => reply(commit()),
+        _ => reply(error(ErrorCode::BadRequest)),
+    });
+
+    let mut config = client_config(&certs, &[a.addr]);
+    // Waits far longer than this test may take, unless a leader is learned.
+    config.request_timeout = NEVER * 2;
+    config.leader_retry = LeaderRetryPolicy {
+        initial_backoff: NEVER,
+        max_backoff: NEVER,
+        max_elapsed: NEVER * 2,
+    };
+    let client = timeout(Client::connect(config)).await??;
+    let putter = client.clone();
+    let put = tokio::spawn(async move { putter.put("t", None, "v").await });
+    timeout(put_seen.recv())
+        .await?
+        .context("A's script ended")?;
+    let info = timeout(client.cluster()).await??;
+    assert_eq!(info.topics[0].leader, Some(2));
+    let c = timeout(put).await???;
+    assert_eq!(c.offset, Offset(0));
+    assert_eq!((a.puts(), b.puts()), (1, 1));
+    Ok(())
+}
+
+/// A UDP relay to `target` for one client, which `cut` silences both ways (a node that died
+/// without closing its connections, or a lost network).
+async fn relay(target: SocketAddr) -> Result<(SocketAddr, Arc<std::sync::atomic::AtomicBool>)> {
+    let front = Arc::new(tokio::net::UdpSocket::bind("127.0.0.1:0").await?);
+    let back = Arc::new(tokio::net::UdpSocket::bind("127.0.0.1:0").await?);
+    back.connect(target).await?;
+    let addr = front.local_addr()?;
+    let cut = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let client: Arc<Mutex<Option<SocketAddr>>> = Arc::default();
+    let (f, b, c, peer) = (front.clone(), back.clone(), cut.clone(), client.clone());
+    tokio::spawn(async move {
+        let mut buf = vec![0u8; 65536];
+        while let Ok((n, from)) = f.recv_from(&mut buf).await {
+            *peer.lock().unwrap_or_else(|p| p.into_inner()) = Some(from);
+            if !c.load(Ordering::Relaxed) {
+                let _ = b.send(&buf[..n]).await;
+            }
+        }
+    });
+    let c = cut.clone();
+    tokio::spawn(async move {
+        let mut buf = vec![0u8; 65536];
+        while let Ok(n) = back.recv(&mut buf).await {
+            let to = *client.lock().unwrap_or_else(|p| p.into_inner());
+            if let (false, Some(to)) = (c.load(Ordering::Relaxed), to) {
+                let _ = front.send_to(&buf[..n], to).await;
+            }
+        }
+    });
+    Ok((addr, cut))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_put_on_a_leader_that_went_silent_fails_without_waiting_for_the_idle_timeout()
+-> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let certs = certs(&dir)?;
+    let (a, b, c) = (bind(&certs)?, bind(&certs)?, bind(&certs)?);
+    let (a_relayed, cut) = relay(a.addr).await?;
+    let nodes = [(1, a_relayed), (2, b.addr), (3, c.addr)];
+    // A dies (silently: its connection is not closed) once it has the PUT.
+    let dies = cut.clone();
+    let a = a.serve(move |r| match r {
+        Request::Put(_) => {
+            dies.store(true, Ordering::Relaxed);
+            Answer::Replies(Vec::new())
+        }
+        _ => reply(error(ErrorCode::BadRequest)),
+    });
+    let layout = move || cluster(&nodes, Some(2), vec![placement("t", &[1, 2, 3], Some(3))]);
+    let c_addr = c.addr;
+    let b = b.serve(move |r| match r {
+        Request::Cluster => reply(layout()),
+        Request::Put(_) => reply(not_leader(Some((3, c_addr)))),
+        _ => reply(error(ErrorCode::BadRequest)),
+    });
+    let commit = committer();
+    let c = c.serve(move |r| match r {
+        Request::Put(_) => reply(commit()),
+        Request::Cluster => reply(layout()),
+        _ => reply(error(ErrorCode::BadRequest)),
+    });
+
+    let mut config = client_config(&certs, &[a_relayed, b.addr]);
+    config.request_timeout = NEVER;
+    config.idle_timeout = NEVER;
+    config.leader_check_after = Some(Duration::from_millis(100));
+    let client = timeout(Client::connect(config)).await??;
+    let err = timeout(client.put("t", None, "lost")).await?.unwrap_err();
+    assert!(matches!(err, ClientError::ConnectionLost(_)), "{err:?}");
+    let next = timeout(client.put("t", None, "next")).await??;
+    assert_eq!(next.offset, Offset(0));
+    assert_eq!(
+        (a.puts(), c.puts()),
+        (1, 1),
+        "the lost PUT was not resent; the next one reached the new leader"
+    );
     Ok(())
 }

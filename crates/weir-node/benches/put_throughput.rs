@@ -1,7 +1,11 @@
 //! PUT throughput of one node with `fsync = "always"`: 1 and 8 clients (one connection each),
 //! pipelined and one-at-a-time, showing group commit at work (messages per fsync).
 //!
-//! `cargo bench -p weir-node --bench put_throughput [-- --messages N --window W --fsync POLICY]`
+//! `cargo bench -p weir-node --bench put_throughput [-- --messages N --window W --fsync POLICY
+//! --nodes N]`
+//!
+//! `--nodes 3` runs a 3-node cluster in this process (every node a replica of the topic), so a
+//! PUT is acknowledged once fsynced on 2 of 3; fsyncs are counted on the leader.
 //!
 //! `--fsync never` shows what the path costs without the disk (for comparison only: weir's
 //! default and the figures that count are `always`).
@@ -43,20 +47,57 @@ fn arg<T: std::str::FromStr>(name: &str, default: T) -> T {
         .unwrap_or(default)
 }
 
+/// Starts `n` nodes (a cluster when `n > 1`) sharing one CA; returns them and the CA path.
+async fn start_nodes(
+    dir: &std::path::Path,
+    n: usize,
+    fsync: FsyncPolicy,
+) -> anyhow::Result<(Vec<weir_node::RunningNode>, std::path::PathBuf)> {
+    let certs = weir_node::certs::init(&dir.join("certs"), &[])?;
+    let sockets: Vec<std::net::UdpSocket> = (0..n)
+        .map(|_| std::net::UdpSocket::bind("127.0.0.1:0"))
+        .collect::<std::io::Result<_>>()?;
+    let addrs: Vec<std::net::SocketAddr> = sockets
+        .iter()
+        .map(|s| s.local_addr())
+        .collect::<std::io::Result<_>>()?;
+    drop(sockets);
+    let mut nodes = Vec::new();
+    for (i, addr) in addrs.iter().enumerate() {
+        let mut config = NodeConfig::new(dir.join(format!("node{}", i + 1)));
+        config.listen = *addr;
+        config.fsync = fsync;
+        config.certs_dir = Some(dir.join("certs"));
+        if n > 1 {
+            config.node_id = weir_node::NodeId(i as u64 + 1);
+            config.peers = addrs
+                .iter()
+                .enumerate()
+                .map(|(j, a)| (weir_node::NodeId(j as u64 + 1), *a))
+                .collect();
+        }
+        nodes.push(Node::start(config).await?);
+    }
+    Ok((nodes, certs.ca_cert))
+}
+
 async fn run_cell(
+    nodes: usize,
     clients: usize,
     window: usize,
     per_client: usize,
     fsync: FsyncPolicy,
 ) -> anyhow::Result<Cell> {
     let dir = tempfile::tempdir()?;
-    let mut config = NodeConfig::new(dir.path());
-    config.listen = "127.0.0.1:0".parse()?;
-    config.fsync = fsync;
-    let node = Node::start(config).await?;
-    let client_config = ClientConfig::new(node.local_addr(), node.certs().ca_cert.clone());
+    let (running, ca) = start_nodes(dir.path(), nodes, fsync).await?;
+    let addrs = running.iter().map(|n| n.local_addr()).collect();
+    let client_config = ClientConfig::with_addrs(addrs, ca);
     let admin = Client::connect(client_config.clone()).await?;
     admin.create_topic("bench", TopicConfig::default()).await?;
+    // Warm-up: the first PUT finds the leader (clients learn it from hints).
+    for client in [&admin] {
+        client.put("bench", None, vec![b'w']).await?;
+    }
     let mut connected = Vec::new();
     for _ in 0..clients {
         connected.push(Client::connect(client_config.clone()).await?);
@@ -82,9 +123,19 @@ async fn run_cell(
         t.await??;
     }
     let elapsed = started.elapsed();
-    let status = admin.status().await?;
-    let fsyncs = status.topics.iter().map(|t| t.fsyncs).sum();
-    node.shutdown().await;
+    // fsyncs of the leader's log (the warm-up PUT included: one more at most).
+    let mut fsyncs = 0;
+    for (_, status) in admin.statuses().await? {
+        let Ok(status) = status else { continue };
+        for t in &status.topics {
+            if t.raft.as_ref().is_some_and(|r| r.role == "leader") {
+                fsyncs = t.fsyncs;
+            }
+        }
+    }
+    for node in running {
+        node.shutdown().await;
+    }
     Ok(Cell {
         clients,
         window,
@@ -98,6 +149,7 @@ fn main() -> anyhow::Result<()> {
     let messages = arg("--messages", 40_000usize);
     let window = arg("--window", 1024usize);
     let fsync = arg("--fsync", FsyncPolicy::Always);
+    let nodes = arg("--nodes", 1usize).max(1);
     let runtime = tokio::runtime::Runtime::new()?;
     let plan = [(1, 1), (8, 1), (1, window), (8, window)];
     let mut cells = Vec::new();
@@ -105,11 +157,11 @@ fn main() -> anyhow::Result<()> {
         // One-at-a-time cells pay a full fsync round trip per message: fewer messages.
         let total = if w == 1 { messages / 20 } else { messages };
         eprintln!("running {clients} client(s), window {w}, {total} messages ...");
-        cells.push(runtime.block_on(run_cell(clients, w, total / clients, fsync))?);
+        cells.push(runtime.block_on(run_cell(nodes, clients, w, total / clients, fsync))?);
     }
 
     println!();
-    println!("PUT throughput, one node, fsync = {fsync}, key 4 B, value 1 B");
+    println!("PUT throughput, {nodes} node(s), fsync = {fsync}, key 4 B, value 1 B");
     println!("| clients | window | messages | seconds | msgs/s | µs/msg | fsyncs | msgs/fsync |");
     println!("|---:|---:|---:|---:|---:|---:|---:|---:|");
     for c in &cells {
