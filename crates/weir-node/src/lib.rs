@@ -81,16 +81,19 @@ impl Node {
         }
         let server_config = server_config(&cert_paths)?;
 
-        let endpoint = quinn::Endpoint::server(server_config, config.listen).map_err(|source| {
-            StartError::Bind {
-                addr: config.listen,
-                source,
-            }
-        })?;
-        let local_addr = endpoint.local_addr().map_err(|source| StartError::Bind {
+        let bind_error = |source| StartError::Bind {
             addr: config.listen,
             source,
-        })?;
+        };
+        let socket = std::net::UdpSocket::bind(config.listen).map_err(bind_error)?;
+        let endpoint = quinn::Endpoint::new(
+            endpoint_config(&cert_paths)?,
+            Some(server_config),
+            socket,
+            Arc::new(quinn::TokioRuntime),
+        )
+        .map_err(bind_error)?;
+        let local_addr = endpoint.local_addr().map_err(bind_error)?;
         let other_peers = config.other_peers();
         let (peers, inbound) = if other_peers.is_empty() && !config.join {
             (None, None)
@@ -219,6 +222,41 @@ async fn maintain(cluster: std::sync::Weak<cluster::Cluster>) {
         // Status reads and channel sends only: cheap enough for the runtime thread.
         cluster.maintain();
     }
+}
+
+/// Labels that separate the endpoint's keys from any other use of the node key.
+const RESET_KEY_LABEL: &[u8] = b"weir/1 QUIC stateless reset key";
+const CID_KEY_LABEL: &[u8] = b"weir/1 QUIC connection id key";
+
+/// The endpoint config, with a stateless-reset key and connection-id key that survive restarts.
+///
+/// Why: quinn's default keys are random per process. After a `kill -9` and a restart, packets
+/// on a peer's (or client's) old connection reach a node that has forgotten it. With the same
+/// CID key it recognizes the connection ids as its own (quinn drops packets whose id it did not
+/// sign), and with the same reset key it answers with a stateless reset the peer can verify, so
+/// the peer drops the dead connection at once and redials instead of waiting out the idle
+/// timeout (seconds of failover). Both keys are derived from the node's private key, which is
+/// secret and stable, so an off-path attacker can no more forge resets than with random keys.
+fn endpoint_config(paths: &certs::CertPaths) -> Result<quinn::EndpointConfig, StartError> {
+    use ring::hmac;
+    let secret = std::fs::read(&paths.node_key).map_err(|source| certs::CertError::Io {
+        path: paths.node_key.clone(),
+        source,
+    })?;
+    let master = hmac::Key::new(hmac::HMAC_SHA256, &secret);
+    let reset_key = hmac::Key::new(
+        hmac::HMAC_SHA256,
+        hmac::sign(&master, RESET_KEY_LABEL).as_ref(),
+    );
+    let cid_tag = hmac::sign(&master, CID_KEY_LABEL);
+    let mut cid_key = [0u8; 8];
+    cid_key.copy_from_slice(&cid_tag.as_ref()[..8]);
+    let cid_key = u64::from_le_bytes(cid_key);
+    let mut config = quinn::EndpointConfig::new(Arc::new(reset_key));
+    config.cid_generator(move || {
+        Box::new(quinn_proto::HashedConnectionIdGenerator::from_key(cid_key))
+    });
+    Ok(config)
 }
 
 /// The QUIC server config of the node's endpoint: TLS 1.3, the node certificate, ALPN `weir/1`
