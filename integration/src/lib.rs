@@ -7,6 +7,7 @@
 pub mod cluster;
 pub mod history;
 pub mod proxy;
+pub mod workload;
 
 pub use proxy::{Faults, UdpProxy};
 

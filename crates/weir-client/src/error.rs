@@ -87,6 +87,20 @@ impl ClientError {
         }
     }
 
+    /// Whether the request may have taken effect although it failed: a PUT that got
+    /// `Timeout` or `ConnectionLost` (the reply was lost), `Unavailable` (the topic's log failed
+    /// or its group stopped while the PUT was pending) or an internal error may or may not be
+    /// in the log. Every other error means it was not acted on (`NotLeader`, `Busy`, `Connect`,
+    /// validation errors), so sending it again cannot write it twice. Until exactly-once
+    /// producers land, resending a PUT whose outcome is unknown may write it twice.
+    pub fn outcome_unknown(&self) -> bool {
+        match self {
+            Self::Timeout(_) | Self::ConnectionLost(_) | Self::Unavailable(_) => true,
+            Self::Server { code, .. } => *code == ErrorCode::Internal,
+            _ => false,
+        }
+    }
+
     /// Whether sending the same request again later may succeed. For a PUT, retrying after
     /// `Timeout` or `ConnectionLost` may write the message twice (exactly-once is not built yet).
     pub fn is_retryable(&self) -> bool {
@@ -185,6 +199,18 @@ mod tests {
             assert_eq!(e.code(), Some(ErrorCode::NotLeader));
             assert!(e.is_retryable());
         }
+    }
+
+    #[test]
+    fn only_a_lost_reply_leaves_the_outcome_unknown() {
+        assert!(ClientError::ConnectionLost("x".into()).outcome_unknown());
+        assert!(ClientError::Timeout(Duration::from_secs(1)).outcome_unknown());
+        assert!(ClientError::Unavailable("the group stopped".into()).outcome_unknown());
+        // Refused before anything was appended: sending again is safe.
+        assert!(!ClientError::NotLeader("x".into()).outcome_unknown());
+        assert!(!ClientError::Connect("x".into()).outcome_unknown());
+        assert!(!ClientError::Busy("x".into()).outcome_unknown());
+        assert!(!ClientError::TooLarge("x".into()).outcome_unknown());
     }
 
     #[test]
