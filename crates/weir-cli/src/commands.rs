@@ -1,7 +1,9 @@
 //! The subcommands other than `demo`.
 
 use crate::output::{self, print_line, table, thousands};
-use crate::{ClusterCommand, GlobalArgs, ListenArgs, NodeArgs, PutArgs, TopicCommand};
+use crate::{
+    ClusterCommand, GlobalArgs, ListenArgs, NodeArgs, ProgramCommand, PutArgs, TopicCommand,
+};
 use anyhow::{Context, Result, bail};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use std::io::{IsTerminal, Write};
@@ -9,7 +11,10 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 use tokio::io::AsyncBufReadExt;
 use tokio::sync::mpsc;
-use weir_client::{Client, ClientConfig, ClientError, Committed, PutHandle, TopicConfig};
+use weir_client::{
+    Client, ClientConfig, ClientError, Committed, Offset, ProgramOutcome, ProgramSpec, PutHandle,
+    TopicConfig,
+};
 use weir_node::{Node, NodeConfig};
 
 /// Prefix of the line `weir node` prints on stdout once it serves (tests wait for it).
@@ -119,15 +124,27 @@ pub async fn topic(g: &GlobalArgs, cmd: TopicCommand) -> Result<()> {
             retention_ms,
             segment_bytes,
             replicas,
+            program,
+            program_config,
         } => {
+            let program = match program {
+                Some(path) => Some(read_program(&path, program_config)?),
+                None => None,
+            };
+            let programmable = program.is_some();
             let config = TopicConfig {
                 retention_bytes,
                 retention_ms,
                 segment_bytes,
                 replicas,
+                program,
             };
             client.create_topic(&name, config).await?;
-            println!("created topic {name}");
+            if programmable {
+                println!("created programmable topic {name}");
+            } else {
+                println!("created topic {name}");
+            }
         }
         TopicCommand::Delete { name } => {
             client.delete_topic(&name).await?;
@@ -174,13 +191,79 @@ pub fn topics_table(topics: &[weir_client::TopicInfo]) -> String {
     )
 }
 
+/// Reads a .wasm file into a program spec (the node validates it).
+fn read_program(path: &std::path::Path, config: Vec<(String, String)>) -> Result<ProgramSpec> {
+    let module =
+        std::fs::read(path).with_context(|| format!("reading the program {}", path.display()))?;
+    Ok(ProgramSpec { module, config })
+}
+
+pub async fn program(g: &GlobalArgs, cmd: ProgramCommand) -> Result<()> {
+    let client = connect(g).await?;
+    match cmd {
+        ProgramCommand::Deploy {
+            name,
+            file,
+            config,
+            reset_state,
+        } => {
+            let spec = read_program(&file, config)?;
+            let at = client.deploy_program(&name, spec, reset_state).await?;
+            println!(
+                "deployed {} to {name}: in effect from input offset {at}",
+                file.display()
+            );
+        }
+        ProgramCommand::Show { name } => {
+            let p = client.program(&name).await?;
+            let or_dash = |o: Option<Offset>| o.map_or("-".to_owned(), |o| o.to_string());
+            println!("topic            {}", p.topic);
+            println!("version          {}", p.version);
+            println!("module sha256    {}", p.module_hash);
+            let config: Vec<String> = p.config.iter().map(|(k, v)| format!("{k}={v}")).collect();
+            println!(
+                "config           {}",
+                if config.is_empty() {
+                    "-".into()
+                } else {
+                    config.join(" ")
+                }
+            );
+            println!("deployed at      {}", or_dash(p.deployed_at_offset));
+            println!("applied through  {}", or_dash(p.applied_offset));
+            println!("next event       {}", p.next_event_offset);
+            println!("last snapshot    {}", or_dash(p.snapshot_offset));
+            println!("state sha256     {}", p.state_hash);
+            println!(
+                "inputs           {} accepted, {} rejected",
+                thousands(p.inputs_accepted),
+                thousands(p.inputs_rejected)
+            );
+            if let Some(failure) = p.failure {
+                println!("FAILED           {failure}");
+            }
+        }
+    }
+    client.close().await;
+    Ok(())
+}
+
 pub async fn put(g: &GlobalArgs, args: PutArgs) -> Result<()> {
     let client = connect(g).await?;
     let key = args.key.as_deref().map(str::as_bytes);
     match args.value {
         Some(value) => {
             let c = client.put(&args.topic, key, value).await?;
-            println!("offset={} timestamp_ms={}", c.offset, c.timestamp_ms);
+            match c.program {
+                Some(ProgramOutcome::Accepted {
+                    first_event,
+                    events,
+                }) => println!(
+                    "offset={} timestamp_ms={} events={events} first_event={first_event}",
+                    c.offset, c.timestamp_ms
+                ),
+                _ => println!("offset={} timestamp_ms={}", c.offset, c.timestamp_ms),
+            }
         }
         None => {
             if std::io::stdin().is_terminal() {
@@ -252,7 +335,7 @@ where
         let mut summary = PutSummary::default();
         while let Some(handle) = rx.recv().await {
             let c = handle.await?;
-            summary.first.get_or_insert(c);
+            summary.first.get_or_insert_with(|| c.clone());
             summary.last = Some(c);
             summary.count += 1;
             bar.inc(1);

@@ -81,6 +81,9 @@ enum Command {
     /// Create, delete and list topics.
     #[command(subcommand)]
     Topic(TopicCommand),
+    /// Upgrade or inspect the WebAssembly program of a programmable topic.
+    #[command(subcommand)]
+    Program(ProgramCommand),
     /// Put one message (VALUE), or one message per line of stdin (pipelined).
     Put(PutArgs),
     /// Print a topic's messages: offset, timestamp_ms, key, value (tab-separated; tabs and
@@ -177,6 +180,13 @@ enum TopicCommand {
         /// How many nodes keep a copy [default: 3, or the cluster size if smaller].
         #[arg(long)]
         replicas: Option<u32>,
+        /// Make the topic programmable: every message goes through this WebAssembly program
+        /// (a .wasm built with weir-topic-sdk, see docs/PROGRAMS.md), whose events listeners read.
+        #[arg(long, value_name = "FILE.wasm")]
+        program: Option<std::path::PathBuf>,
+        /// A K=V setting for the program (repeatable).
+        #[arg(long = "config", value_name = "K=V", value_parser = parse_key_value, requires = "program")]
+        program_config: Vec<(String, String)>,
     },
     /// Delete a topic and its messages.
     Delete {
@@ -185,6 +195,36 @@ enum TopicCommand {
     },
     /// List the topics.
     List,
+}
+
+#[derive(Debug, Subcommand)]
+enum ProgramCommand {
+    /// Upgrade a programmable topic's program. Every replica switches at the same offset of
+    /// the topic's log; the new program receives the previous one's state.
+    Deploy {
+        /// The programmable topic.
+        name: String,
+        /// The new program (.wasm).
+        file: std::path::PathBuf,
+        /// A K=V setting for the program (repeatable).
+        #[arg(long = "config", value_name = "K=V", value_parser = parse_key_value)]
+        config: Vec<(String, String)>,
+        /// Start the new program with an empty state.
+        #[arg(long)]
+        reset_state: bool,
+    },
+    /// Show the program: hash, version, offsets, last snapshot, state hash.
+    Show {
+        /// The programmable topic.
+        name: String,
+    },
+}
+
+fn parse_key_value(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.is_empty() => Ok((k.to_owned(), v.to_owned())),
+        _ => Err(format!("expected K=V, got {s:?}")),
+    }
 }
 
 #[derive(Debug, Args)]
@@ -277,6 +317,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             commands::certs_init(&dir, &hosts)
         }
         Command::Topic(cmd) => commands::topic(g, cmd).await,
+        Command::Program(cmd) => commands::program(g, cmd).await,
         Command::Put(args) => commands::put(g, args).await,
         Command::Listen(args) => commands::listen(g, args).await,
         Command::Status => commands::status(g).await,

@@ -49,13 +49,20 @@ pub fn field(bytes: &[u8]) -> String {
 }
 
 /// `offset\ttimestamp_ms\tkey\tvalue`.
+/// `offset TAB timestamp_ms TAB key TAB value`; a programmable topic's delete event has the
+/// value `<deleted>`.
 pub fn event_line(event: &Event) -> String {
+    let value = if event.tombstone {
+        "<deleted>".to_owned()
+    } else {
+        field(&event.value)
+    };
     format!(
         "{}\t{}\t{}\t{}",
         event.offset,
         event.timestamp_ms,
         event.key.as_deref().map(field).unwrap_or_default(),
-        field(&event.value)
+        value
     )
 }
 
@@ -133,10 +140,16 @@ mod tests {
             timestamp_ms: TimestampMs(17),
             key: Some(b"k\t1".to_vec()),
             value: b"line1\nline2 \xff".to_vec(),
+            tombstone: false,
         };
         assert_eq!(event_line(&e), "3\t17\tk\\t1\tline1\\nline2 \u{fffd}");
         let e = Event { key: None, ..e };
         assert!(event_line(&e).starts_with("3\t17\t\t"));
+        let e = Event {
+            tombstone: true,
+            ..e
+        };
+        assert!(event_line(&e).ends_with("\t<deleted>"));
     }
 
     #[test]

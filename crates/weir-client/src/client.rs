@@ -15,8 +15,9 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tokio::time::Instant;
 use weir_proto::limits::{KEY_BYTES_MAX, VALUE_BYTES_MAX};
 use weir_proto::{
-    ClusterInfo, Committed, ListenFrom, NodeInfo, NodeStatus, ProducerId, Put, Reply, Request, Seq,
-    TopicConfig, TopicInfo, TopicStatus, validate_topic_name,
+    ClusterInfo, Committed, ListenFrom, NodeInfo, NodeStatus, Offset, ProducerId, ProgramInfo,
+    ProgramOutcome, ProgramSpec, Put, Reply, Request, Seq, TopicConfig, TopicInfo, TopicStatus,
+    validate_topic_name,
 };
 
 /// A client of a weir cluster. Cheap to clone (an `Arc` inside) and usable from many tasks at
@@ -348,6 +349,57 @@ impl Client {
         let request = self.inner.put_request(topic, key, value.into())?;
         let call = RoutedCall::new(self.inner.clone(), Target::Topic(topic.to_owned()));
         committed(call.run(request).await?)
+    }
+
+    /// Upgrades the program of programmable topic `topic` to `program`. The switch is an entry
+    /// of the topic's log: every replica switches there, and the returned input offset is it.
+    /// The new program gets its predecessor's state, or an empty one with `reset_state`.
+    /// [`ClientError::InvalidArgument`] says why a module or switch was refused.
+    ///
+    /// Sent to the topic's leader, routed and retried like [`Client::put`].
+    pub async fn deploy_program(
+        &self,
+        topic: &str,
+        program: ProgramSpec,
+        reset_state: bool,
+    ) -> Result<Offset, ClientError> {
+        check_topic(topic)?;
+        let request = Request::DeployProgram {
+            topic: topic.to_owned(),
+            program,
+            reset_state,
+        };
+        let call = RoutedCall::new(self.inner.clone(), Target::Topic(topic.to_owned()));
+        match call.run(request).await? {
+            Reply::ProgramDeployed { at_offset } => Ok(at_offset),
+            other => Err(unexpected("ProgramDeployed", &other)),
+        }
+    }
+
+    /// The program of `topic` as its leader runs it: version, hash, offsets, snapshot, state
+    /// hash. See [`Client::program_at`] for one replica.
+    pub async fn program(&self, topic: &str) -> Result<ProgramInfo, ClientError> {
+        check_topic(topic)?;
+        let call = RoutedCall::new(self.inner.clone(), Target::Topic(topic.to_owned()));
+        program_reply(
+            call.run(Request::ShowProgram {
+                topic: topic.to_owned(),
+            })
+            .await?,
+        )
+    }
+
+    /// The program of `topic` as the node at `addr` (a replica) runs it.
+    pub async fn program_at(
+        &self,
+        addr: SocketAddr,
+        topic: &str,
+    ) -> Result<ProgramInfo, ClientError> {
+        check_topic(topic)?;
+        let request = Request::ShowProgram {
+            topic: topic.to_owned(),
+        };
+        program_reply(self.inner.call_at(addr, request).await?)
     }
 
     /// A producer that keeps up to `window` PUTs to `topic` in flight (at least 1).
@@ -828,13 +880,20 @@ impl Inner {
         self: &Arc<Self>,
         addr: SocketAddr,
     ) -> Result<NodeStatus, ClientError> {
+        status_reply(self.call_at(addr, Request::Status).await?)
+    }
+
+    /// One request to the node at `addr` (connecting to it if needed), without routing.
+    pub(crate) async fn call_at(
+        self: &Arc<Self>,
+        addr: SocketAddr,
+        request: Request,
+    ) -> Result<Reply, ClientError> {
         let deadline = Instant::now() + self.config.request_timeout;
         let slot = self.in_flight_slot(deadline).await?;
         let session = self.session_for(addr).await?;
-        let pending = session
-            .send(Request::Status, vec![slot], deadline, false)
-            .await?;
-        status_reply(pending.wait().await?)
+        let pending = session.send(request, vec![slot], deadline, false).await?;
+        pending.wait().await
     }
 
     /// Asks the catalog leader (or, if unknown or unreachable, any node) for the cluster's
@@ -1230,10 +1289,23 @@ fn strip_connect_prefix(e: &ClientError) -> String {
     }
 }
 
+/// A PUT's answer; a program's rejection is an error.
 pub(crate) fn committed(reply: Reply) -> Result<Committed, ClientError> {
     match reply {
+        Reply::Committed(Committed {
+            offset,
+            program: Some(ProgramOutcome::Rejected { message }),
+            ..
+        }) => Err(ClientError::Rejected { offset, message }),
         Reply::Committed(c) => Ok(c),
         other => Err(unexpected("Committed", &other)),
+    }
+}
+
+fn program_reply(reply: Reply) -> Result<ProgramInfo, ClientError> {
+    match reply {
+        Reply::Program(info) => Ok(info),
+        other => Err(unexpected("Program", &other)),
     }
 }
 

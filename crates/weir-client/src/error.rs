@@ -1,7 +1,7 @@
 //! [`ClientError`]: everything a client call can fail with.
 
 use std::time::Duration;
-use weir_proto::{ErrorCode, ErrorReply};
+use weir_proto::{ErrorCode, ErrorReply, Offset};
 
 /// Why a client call failed.
 ///
@@ -55,6 +55,11 @@ pub enum ClientError {
     /// The node sent something this client does not understand.
     #[error("protocol error: {0}")]
     Protocol(String),
+    /// A programmable topic's program rejected the PUT (or it broke the program's limits). The
+    /// message is in the topic's input log at `offset` but produced no events; sending it
+    /// again gets the same answer unless the program's state changed.
+    #[error("rejected by the topic's program (input offset {offset}): {message}")]
+    Rejected { offset: Offset, message: String },
     /// Any other error the node reported (bad request, unsupported version, internal error).
     #[error("node error ({code}): {message}")]
     Server {
@@ -83,7 +88,8 @@ impl ClientError {
             | Self::ConnectionLost(_)
             | Self::Connect(_)
             | Self::Config(_)
-            | Self::Protocol(_) => None,
+            | Self::Protocol(_)
+            | Self::Rejected { .. } => None,
         }
     }
 
@@ -118,7 +124,8 @@ impl ClientError {
             | Self::InvalidArgument(_)
             | Self::OffsetOutOfRange(_)
             | Self::Config(_)
-            | Self::Protocol(_) => false,
+            | Self::Protocol(_)
+            | Self::Rejected { .. } => false,
         }
     }
 }

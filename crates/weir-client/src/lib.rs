@@ -61,6 +61,6 @@ pub use listener::Listener;
 pub use producer::{Producer, PutHandle};
 pub use weir_proto::{
     ClusterInfo, Committed, ErrorCode, Event, FollowerStatus, ListenFrom, NodeInfo, NodeStatus,
-    Offset, PeerStatus, RaftStatus, TimestampMs, TopicConfig, TopicInfo, TopicPlacement,
-    TopicStatus,
+    Offset, PeerStatus, ProgramInfo, ProgramOutcome, ProgramSpec, RaftStatus, TimestampMs,
+    TopicConfig, TopicInfo, TopicPlacement, TopicStatus,
 };

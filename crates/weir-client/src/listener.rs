@@ -455,6 +455,7 @@ mod tests {
             timestamp_ms: TimestampMs(0),
             key: None,
             value: offset.to_string().into_bytes(),
+            tombstone: false,
         }
     }
 

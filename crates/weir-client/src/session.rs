@@ -560,6 +560,8 @@ pub(crate) fn reply_kind(reply: &Reply) -> &'static str {
         Reply::Error(_) => "Error",
         Reply::Cluster(_) => "Cluster",
         Reply::ClusterChanged => "ClusterChanged",
+        Reply::ProgramDeployed { .. } => "ProgramDeployed",
+        Reply::Program(_) => "Program",
     }
 }
 
@@ -595,6 +597,7 @@ mod tests {
         Reply::Committed(Committed {
             offset: Offset(offset),
             timestamp_ms: TimestampMs(1),
+            program: None,
         })
     }
 

@@ -263,6 +263,7 @@ fn committed(offset: u64) -> Reply {
     Reply::Committed(Committed {
         offset: Offset(offset),
         timestamp_ms: TimestampMs(1),
+        program: None,
     })
 }
 
@@ -343,6 +344,7 @@ fn events(offsets: &[u64]) -> Reply {
                 timestamp_ms: TimestampMs(1),
                 key: None,
                 value: format!("v{o}").into_bytes(),
+                tombstone: false,
             })
             .collect(),
     )

@@ -168,6 +168,7 @@ impl Cluster {
             if let Some(cluster) = weak.upgrade() {
                 cluster.apply_meta(entries);
             }
+            Vec::new()
         });
         let config = GroupConfig {
             group: METADATA_GROUP,
@@ -503,6 +504,14 @@ impl Cluster {
                     crate::config::SEGMENT_BYTES_MIN
                 ),
             ));
+        }
+        if let Some(spec) = &config.program {
+            crate::program::validate(spec).map_err(|reason| {
+                ErrorReply::new(
+                    ErrorCode::InvalidArgument,
+                    format!("program refused: {reason}"),
+                )
+            })?;
         }
         let replicas = read(&self.catalog).place(config.replicas)?;
         self.propose(CatalogCommand::CreateTopic {

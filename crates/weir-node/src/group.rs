@@ -33,7 +33,7 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use weir_proto::TimestampMs;
+use weir_proto::{ProgramOutcome, TimestampMs};
 use weir_raft::{
     Config, Entry, Envelope, LogIndex, LogStore, Membership, MembershipChange, Millis, NodeId,
     Output, ProposeError, Raft, Role, Term,
@@ -93,11 +93,13 @@ pub struct Retention {
 
 /// A proposal that committed: where, in which term, and the timestamp it was stamped with
 /// (0 for groups without `stamp_timestamps` and for membership changes).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Decided {
     pub index: LogIndex,
     pub term: Term,
     pub timestamp_ms: TimestampMs,
+    /// What the state machine said of the entry, if anything (a topic program's outcome).
+    pub program: Option<ProgramOutcome>,
 }
 
 /// Why a proposal did not (or may not have) become a committed entry.
@@ -127,8 +129,12 @@ pub enum ProposalError {
 
 /// Answer to one proposal, called once, from the group thread.
 pub type ProposalReply = Box<dyn FnOnce(Result<Decided, ProposalError>) + Send>;
-/// The state machine: committed entries, in order, each once (all payload kinds).
-pub type OnApply = Box<dyn FnMut(&[Entry]) + Send>;
+/// The state machine: committed entries, in order, each once (all payload kinds). It returns
+/// what it has to say about some of them (by index, ascending), which goes into the `Decided`
+/// of their proposals: they are answered right after, on the same thread.
+pub type OnApply = Box<dyn FnMut(&[Entry]) -> Applied + Send>;
+/// Per-entry results of an [`OnApply`] call, ascending by index; empty for most state machines.
+pub type Applied = Vec<(LogIndex, ProgramOutcome)>;
 
 /// The group as last seen by its thread (updated after every round).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -561,9 +567,19 @@ impl Runner {
                     let Some(last) = entries.last().map(|e| e.index) else {
                         continue;
                     };
-                    (self.on_apply)(&entries);
+                    let mut applied = (self.on_apply)(&entries).into_iter().peekable();
                     for entry in &entries {
-                        self.decide(entry.index, entry.term);
+                        let mut program = None;
+                        while let Some((index, _)) = applied.peek() {
+                            if *index > entry.index {
+                                break;
+                            }
+                            let (index, outcome) = applied.next().expect("peeked");
+                            if index == entry.index {
+                                program = Some(outcome);
+                            }
+                        }
+                        self.decide(entry.index, entry.term, program);
                     }
                     self.raft.handle_applied(now, last);
                 }
@@ -588,6 +604,7 @@ impl Runner {
                                                 index,
                                                 term,
                                                 timestamp_ms,
+                                                program: None,
                                             })
                                         } else {
                                             Err(ProposalError::Lost)
@@ -612,7 +629,7 @@ impl Runner {
     }
 
     /// An entry at `index` with `term` was applied: answers the proposal at that index.
-    fn decide(&mut self, index: LogIndex, term: Term) {
+    fn decide(&mut self, index: LogIndex, term: Term, mut program: Option<ProgramOutcome>) {
         // Apply is contiguous: anything pending below `index` was covered already (defensive).
         while let Some(entry) = self.pending.first_entry() {
             if *entry.key() > index {
@@ -624,6 +641,7 @@ impl Runner {
                     index,
                     term,
                     timestamp_ms,
+                    program: program.take(),
                 })
             } else {
                 Err(ProposalError::Lost)

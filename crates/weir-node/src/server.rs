@@ -296,6 +296,34 @@ async fn dispatch(
             peers: peer_statuses(ctx),
             metadata: ctx.cluster.metadata_status(),
         })),
+        Request::DeployProgram {
+            topic,
+            program,
+            reset_state,
+        } => {
+            let reply_to = ReplyTo {
+                id,
+                tx: tx.clone(),
+                permit: None,
+            };
+            match ctx.cluster.topic_or_redirect(&topic) {
+                Ok(t) => t.deploy(program, reset_state, reply_to),
+                Err(e) => reply_to.send(Reply::Error(e)),
+            }
+        }
+        Request::ShowProgram { topic } => {
+            // Hashing the state replays the inputs since the last checkpoint: off the runtime.
+            let info = match ctx.cluster.topic_or_redirect(&topic) {
+                Ok(t) => tokio::task::spawn_blocking(move || t.program_info())
+                    .await
+                    .unwrap_or_else(|e| Err(ErrorReply::new(ErrorCode::Internal, e.to_string()))),
+                Err(e) => Err(e),
+            };
+            reply(match info {
+                Ok(info) => Reply::Program(info),
+                Err(e) => Reply::Error(e),
+            });
+        }
         Request::Listen { .. } => {
             reply(Reply::Error(ErrorReply::new(
                 ErrorCode::BadRequest,
@@ -420,7 +448,11 @@ async fn listen(
     drop(recv);
     let result = async {
         let topic = ctx.cluster.topic_or_redirect(&topic_name)?;
-        let (reader, mut committed) = topic.reader()?;
+        let crate::topic::TopicReader {
+            reader,
+            mut committed,
+            events: event_log,
+        } = topic.reader()?;
         drop(topic);
         let committed_now = *committed.borrow_and_update();
         let start = reader.start_offset();
@@ -448,7 +480,7 @@ async fn listen(
             let committed_now = *committed.borrow_and_update();
             if next < committed_now {
                 let (events, read_to) =
-                    read_events(&reader, next, committed_now, &topic_name).await?;
+                    read_events(&reader, next, committed_now, &topic_name, event_log).await?;
                 if read_to <= next {
                     return Err(ErrorReply::new(
                         ErrorCode::Internal,
@@ -500,6 +532,7 @@ async fn read_events(
     from: Offset,
     committed: Offset,
     topic: &str,
+    event_log: bool,
 ) -> Result<(Vec<Event>, Offset), ErrorReply> {
     let reader = reader.clone();
     let count = usize::try_from(committed.0 - from.0)
@@ -532,6 +565,18 @@ async fn read_events(
                 format!("topic {topic:?} offset {}: {e}", r.offset),
             )
         };
+        if event_log {
+            let event = weir_proto::entry::decode_event_record(&r.payload)
+                .map_err(|e| bad(e.to_string()))?;
+            events.push(Event {
+                offset: r.offset,
+                timestamp_ms: r.timestamp_ms,
+                key: Some(event.key),
+                value: event.value,
+                tombstone: event.tombstone,
+            });
+            continue;
+        }
         let (_term, payload) = decode_record(&r.payload).map_err(|e| bad(e.to_string()))?;
         let weir_raft::Payload::Normal(data) = payload else {
             continue;
@@ -542,6 +587,7 @@ async fn read_events(
             timestamp_ms: entry.timestamp_ms,
             key: entry.key,
             value: entry.value,
+            tombstone: false,
         });
     }
     Ok((events, read_to.min(committed)))

@@ -16,13 +16,15 @@ use crate::group::{
 };
 use crate::group_store::GroupStore;
 use crate::peer::GroupId;
+use crate::program::{self, ProgramReplica};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use tokio::sync::{OwnedSemaphorePermit, mpsc, watch};
 use weir_proto::{
-    Committed, ErrorCode, ErrorReply, FollowerStatus, LeaderHint, Offset, RaftStatus, Reply,
-    RequestId, ServerFrame, TimestampMs, TopicConfig, TopicStatus,
+    Committed, ErrorCode, ErrorReply, FollowerStatus, LeaderHint, Offset, ProgramInfo,
+    ProgramOutcome, ProgramSpec, RaftStatus, Reply, RequestId, ServerFrame, TimestampMs,
+    TopicConfig, TopicStatus,
 };
 use weir_raft::{Entry, LogStore, Membership, NodeId, Payload, ProposeError, Role};
 use weir_storage::{LogConfig, LogReader};
@@ -100,6 +102,18 @@ struct OpenTopic {
     handle: GroupHandle,
     reader: LogReader,
     committed: watch::Receiver<Offset>,
+    /// A programmable topic's program, event log and snapshots (shared with the apply path).
+    program: Option<Arc<Mutex<ProgramReplica>>>,
+}
+
+/// What listeners of a topic read: the input log itself (plain topics) or the event log
+/// (programmable topics).
+pub(crate) struct TopicReader {
+    pub reader: LogReader,
+    /// Offsets below it are readable.
+    pub committed: watch::Receiver<Offset>,
+    /// Records are event records, not Raft entries.
+    pub events: bool,
 }
 
 /// The directory of group `group` under the node's data directory.
@@ -129,7 +143,7 @@ impl Topic {
     /// answers every request with `Unavailable` and the reason.
     pub fn open(env: &TopicEnv, name: String, entry: TopicEntry) -> Topic {
         let dir = group_dir(&env.node.data_dir, entry.group);
-        let state = match Self::start(env, &dir, &entry) {
+        let state = match Self::start(env, &name, &dir, &entry) {
             Ok(open) => TopicState::Open(open),
             Err(reason) => {
                 tracing::error!(topic = %name, %reason, "topic replica cannot start; it will answer Unavailable");
@@ -145,7 +159,12 @@ impl Topic {
         }
     }
 
-    fn start(env: &TopicEnv, dir: &Path, entry: &TopicEntry) -> Result<OpenTopic, String> {
+    fn start(
+        env: &TopicEnv,
+        name: &str,
+        dir: &Path,
+        entry: &TopicEntry,
+    ) -> Result<OpenTopic, String> {
         let store = GroupStore::open(dir, log_config(&env.node, &entry.config), timestamp_of)
             .map_err(|e| e.to_string())?;
         let reader = store.reader();
@@ -153,11 +172,26 @@ impl Topic {
         // learns the commit index.
         let snapshot_index = store.first_index().0 - 1;
         let (committed_tx, committed_rx) = watch::channel(Offset(snapshot_index));
+        let program = match &entry.config.program {
+            Some(spec) => {
+                let segment_bytes = log_config(&env.node, &entry.config).segment_bytes_max;
+                let replica = ProgramReplica::open(name, dir, spec, segment_bytes)
+                    .map_err(|e| format!("topic program: {e}"))?;
+                Some(Arc::new(Mutex::new(replica)))
+            }
+            None => None,
+        };
+        let applier = program.clone();
         let on_apply: OnApply = Box::new(move |entries: &[Entry]| {
+            let applied = match &applier {
+                Some(replica) => lock(replica).apply(entries),
+                None => Vec::new(),
+            };
             if let Some(last) = entries.last() {
                 // Entry i is at offset i - 1: everything below offset i is committed.
                 committed_tx.send_replace(Offset(last.index.0));
             }
+            applied
         });
         let me = env.node.node_id;
         let initial = if entry.founders.contains(&me.0) {
@@ -171,7 +205,9 @@ impl Topic {
             initial,
             stamp_timestamps: true,
             fsync: env.node.fsync,
-            retention: retention(&env.node, &entry.config),
+            // Not for programmable topics yet: compacting their input log needs the program's
+            // snapshot in the Raft snapshot, for followers that fall behind it.
+            retention: retention(&env.node, &entry.config).filter(|_| program.is_none()),
         };
         let handle = GroupHandle::start(config, store, env.transport.clone(), on_apply)
             .map_err(|e| format!("cannot start the group thread: {e}"))?;
@@ -179,6 +215,7 @@ impl Topic {
             handle,
             reader,
             committed: committed_rx,
+            program,
         })
     }
 
@@ -217,10 +254,12 @@ impl Topic {
                     Ok(Decided {
                         index,
                         timestamp_ms,
+                        program,
                         ..
                     }) => Reply::Committed(Committed {
                         offset: Offset(index.0 - 1),
                         timestamp_ms,
+                        program,
                     }),
                     Err(e) => Reply::Error(proposal_error(&name, e, &directory, &handle)),
                 })
@@ -228,10 +267,97 @@ impl Topic {
         );
     }
 
-    /// A reader of the log and the committed watch (offsets below it are committed).
-    pub fn reader(&self) -> Result<(LogReader, watch::Receiver<Offset>), ErrorReply> {
+    /// What listeners read: the log and the committed watch (offsets below it are
+    /// committed), or for a programmable topic its event log.
+    pub fn reader(&self) -> Result<TopicReader, ErrorReply> {
         let o = self.open_state()?;
-        Ok((o.reader.clone(), o.committed.clone()))
+        Ok(match &o.program {
+            Some(program) => {
+                let (reader, committed) = lock(program).events();
+                TopicReader {
+                    reader,
+                    committed,
+                    events: true,
+                }
+            }
+            None => TopicReader {
+                reader: o.reader.clone(),
+                committed: o.committed.clone(),
+                events: false,
+            },
+        })
+    }
+
+    /// Proposes a program switch; the reply says at which input offset it took effect, or
+    /// why the new program was refused (identically on every replica).
+    pub fn deploy(&self, spec: ProgramSpec, reset_state: bool, reply: ReplyTo) {
+        let open = match self.open_state() {
+            Ok(o) => o,
+            Err(e) => return reply.send(Reply::Error(e)),
+        };
+        if open.program.is_none() {
+            return reply.send(Reply::Error(ErrorReply::new(
+                ErrorCode::InvalidArgument,
+                format!(
+                    "topic {:?} is not programmable (create it with a program to run one)",
+                    self.name
+                ),
+            )));
+        }
+        if let Err(reason) = program::validate(&spec) {
+            return reply.send(Reply::Error(ErrorReply::new(
+                ErrorCode::InvalidArgument,
+                format!("program refused: {reason}"),
+            )));
+        }
+        let mut entry = Vec::with_capacity(spec.module.len() + 256);
+        if let Err(e) = weir_proto::entry::encode_program_entry(&spec, reset_state, &mut entry) {
+            return reply.send(Reply::Error(ErrorReply::new(
+                ErrorCode::TooLarge,
+                e.to_string(),
+            )));
+        }
+        let name = self.name.clone();
+        let directory = self.directory.clone();
+        let handle = open.handle.clone();
+        open.handle.propose(
+            entry,
+            Box::new(move |result| {
+                reply.send(match result {
+                    Ok(Decided {
+                        index,
+                        program: Some(ProgramOutcome::Accepted { .. }),
+                        ..
+                    }) => Reply::ProgramDeployed {
+                        at_offset: Offset(index.0 - 1),
+                    },
+                    Ok(Decided {
+                        program: Some(ProgramOutcome::Rejected { message }),
+                        ..
+                    }) => Reply::Error(ErrorReply::new(
+                        ErrorCode::InvalidArgument,
+                        format!("program switch refused: {message}"),
+                    )),
+                    Ok(Decided { program: None, .. }) => Reply::Error(ErrorReply::new(
+                        ErrorCode::Internal,
+                        "the program switch committed but its outcome was not recorded",
+                    )),
+                    Err(e) => Reply::Error(proposal_error(&name, e, &directory, &handle)),
+                })
+            }),
+        );
+    }
+
+    /// The program as this replica runs it.
+    pub fn program_info(&self) -> Result<ProgramInfo, ErrorReply> {
+        let open = self.open_state()?;
+        match &open.program {
+            Some(program) => Ok(lock(program).info()),
+            None => Err(ErrorReply::new(
+                ErrorCode::InvalidArgument,
+                format!("topic {:?} is not programmable", self.name),
+            )),
+        }
     }
 
     /// (oldest retained offset, committed offset).
@@ -292,6 +418,10 @@ impl Drop for Topic {
     fn drop(&mut self) {
         self.close();
     }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// A group's status in protocol form (also used for the metadata group).

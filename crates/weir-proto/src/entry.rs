@@ -3,15 +3,29 @@
 //! Layout: `| version u8 = 2 | timestamp_ms u64 LE | codec(producer_id, seq, key, value) |`.
 //! The timestamp sits at a fixed position so the topic leader can stamp it, in log order, just
 //! before proposing ([`stamp_timestamp`]), and so readers find it without decoding the rest.
+//!
+//! A programmable topic's input log also holds program switches (version byte
+//! [`PROGRAM_ENTRY_VERSION`], same header, then `codec(ProgramSpec, reset_state)`), and its event
+//! log holds event records (`| EVENT_RECORD_VERSION | codec(source_offset, key, value,
+//! tombstone) |`, the timestamp in the storage record's header).
 
 use crate::codec::{self, DecodeError, EncodeError};
-use crate::types::{ProducerId, Seq, TimestampMs};
+use crate::message::ProgramSpec;
+use crate::types::{Offset, ProducerId, Seq, TimestampMs};
 use serde::{Deserialize, Serialize};
 
 /// Version byte of the stored entry format.
 pub const ENTRY_FORMAT_VERSION: u8 = 2;
 /// Bytes before the codec-encoded part: version and timestamp.
 pub const ENTRY_HEADER_BYTES: usize = 9;
+/// Version byte of a program switch in a programmable topic's input log.
+pub const PROGRAM_ENTRY_VERSION: u8 = 0x50;
+/// Version byte of a record of a programmable topic's event log.
+pub const EVENT_RECORD_VERSION: u8 = 0x45;
+
+fn stamped(version: u8) -> bool {
+    version == ENTRY_FORMAT_VERSION || version == PROGRAM_ENTRY_VERSION
+}
 
 /// One stored entry, decoded.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -69,7 +83,7 @@ pub fn encode_entry(
 /// is not an entry of this format.
 pub fn stamp_timestamp(entry: &mut [u8], timestamp: TimestampMs) -> bool {
     match entry.get_mut(..ENTRY_HEADER_BYTES) {
-        Some(header) if header[0] == ENTRY_FORMAT_VERSION => {
+        Some(header) if stamped(header[0]) => {
             header[1..].copy_from_slice(&timestamp.0.to_le_bytes());
             true
         }
@@ -80,7 +94,7 @@ pub fn stamp_timestamp(entry: &mut [u8], timestamp: TimestampMs) -> bool {
 /// The timestamp of an encoded entry, without decoding the rest.
 pub fn entry_timestamp(entry: &[u8]) -> Option<TimestampMs> {
     let header = entry.get(..ENTRY_HEADER_BYTES)?;
-    if header[0] != ENTRY_FORMAT_VERSION {
+    if !stamped(header[0]) {
         return None;
     }
     let mut ts = [0u8; 8];
@@ -109,9 +123,128 @@ pub fn decode_entry(bytes: &[u8]) -> Result<StoredEntry, DecodeError> {
     }
 }
 
+/// An entry of a topic's input log.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum TopicEntry {
+    Message(StoredEntry),
+    /// Switch the topic's program (programmable topics only).
+    Program {
+        timestamp_ms: TimestampMs,
+        spec: ProgramSpec,
+        reset_state: bool,
+    },
+}
+
+#[derive(Serialize)]
+struct ProgramBodyRef<'a> {
+    spec: &'a ProgramSpec,
+    reset_state: bool,
+}
+
+#[derive(Deserialize)]
+struct ProgramBody {
+    spec: ProgramSpec,
+    reset_state: bool,
+}
+
+/// Appends a program switch entry to `out`, with timestamp 0 (the leader stamps it).
+pub fn encode_program_entry(
+    spec: &ProgramSpec,
+    reset_state: bool,
+    out: &mut Vec<u8>,
+) -> Result<(), EncodeError> {
+    out.push(PROGRAM_ENTRY_VERSION);
+    out.extend_from_slice(&0u64.to_le_bytes());
+    codec::encode_into(&ProgramBodyRef { spec, reset_state }, out)
+}
+
+/// Decodes a message or a program switch.
+pub fn decode_topic_entry(bytes: &[u8]) -> Result<TopicEntry, DecodeError> {
+    if bytes.first() == Some(&PROGRAM_ENTRY_VERSION) {
+        let timestamp_ms = entry_timestamp(bytes)
+            .ok_or_else(|| DecodeError::new("entry shorter than its header".into()))?;
+        let body: ProgramBody = codec::decode(&bytes[ENTRY_HEADER_BYTES..])?;
+        return Ok(TopicEntry::Program {
+            timestamp_ms,
+            spec: body.spec,
+            reset_state: body.reset_state,
+        });
+    }
+    decode_entry(bytes).map(TopicEntry::Message)
+}
+
+/// One event of a programmable topic's event log.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EventRecord {
+    /// The input offset whose processing produced it.
+    pub source_offset: Offset,
+    #[serde(with = "serde_bytes")]
+    pub key: Vec<u8>,
+    #[serde(with = "serde_bytes")]
+    pub value: Vec<u8>,
+    pub tombstone: bool,
+}
+
+pub fn encode_event_record(event: &EventRecord, out: &mut Vec<u8>) -> Result<(), EncodeError> {
+    out.push(EVENT_RECORD_VERSION);
+    codec::encode_into(event, out)
+}
+
+pub fn decode_event_record(bytes: &[u8]) -> Result<EventRecord, DecodeError> {
+    match bytes.split_first() {
+        Some((&EVENT_RECORD_VERSION, body)) => codec::decode(body),
+        Some((v, _)) => Err(DecodeError::new(format!(
+            "unknown event record version {v} (this weir reads version {EVENT_RECORD_VERSION})"
+        ))),
+        None => Err(DecodeError::new("empty event record".into())),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn program_entries_are_stamped_and_decode_apart_from_messages() {
+        let spec = ProgramSpec {
+            module: b"\0asm".to_vec(),
+            config: vec![("k".into(), "v".into())],
+        };
+        let mut buf = Vec::new();
+        encode_program_entry(&spec, true, &mut buf).unwrap();
+        assert!(stamp_timestamp(&mut buf, TimestampMs(77)));
+        assert_eq!(
+            decode_topic_entry(&buf).unwrap(),
+            TopicEntry::Program {
+                timestamp_ms: TimestampMs(77),
+                spec,
+                reset_state: true
+            }
+        );
+        let mut message = Vec::new();
+        encode_entry(ProducerId(1), Seq(1), None, b"v", &mut message).unwrap();
+        assert!(matches!(
+            decode_topic_entry(&message).unwrap(),
+            TopicEntry::Message(_)
+        ));
+        // A program switch is not a message.
+        assert!(decode_entry(&buf).is_err());
+    }
+
+    #[test]
+    fn event_records_round_trip_and_foreign_bytes_are_refused() {
+        let event = EventRecord {
+            source_offset: Offset(9),
+            key: b"k".to_vec(),
+            value: b"3".to_vec(),
+            tombstone: false,
+        };
+        let mut buf = Vec::new();
+        encode_event_record(&event, &mut buf).unwrap();
+        assert_eq!(decode_event_record(&buf).unwrap(), event);
+        assert!(decode_event_record(&[ENTRY_FORMAT_VERSION, 0]).is_err());
+        assert!(decode_event_record(&[]).is_err());
+    }
 
     #[test]
     fn entries_round_trip_with_and_without_key() {

@@ -62,6 +62,35 @@ pub enum Request {
     RemoveNode {
         node_id: u64,
     },
+    /// Upgrades a programmable topic's program. Answered by the topic leader once the switch
+    /// is committed: every replica switches at that entry of the topic's log.
+    DeployProgram {
+        topic: String,
+        program: ProgramSpec,
+        /// Start the new program with an empty state instead of its predecessor's.
+        reset_state: bool,
+    },
+    /// A programmable topic's program as this replica runs it.
+    ShowProgram {
+        topic: String,
+    },
+}
+
+/// A topic program: a WebAssembly module (docs/PROGRAMS.md) and its `K=V` config.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProgramSpec {
+    #[serde(with = "serde_bytes")]
+    pub module: Vec<u8>,
+    pub config: Vec<(String, String)>,
+}
+
+impl fmt::Debug for ProgramSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ProgramSpec")
+            .field("module_bytes", &self.module.len())
+            .field("config", &self.config)
+            .finish()
+    }
 }
 
 /// Append one message to a topic. Acknowledged with `Committed` once durable.
@@ -112,6 +141,9 @@ pub struct TopicConfig {
     /// How many nodes hold a copy (the topic's Raft group). Default: 3, or the cluster size if
     /// smaller. Fixed at creation.
     pub replicas: Option<u32>,
+    /// Makes the topic programmable: every committed PUT goes through this program, whose
+    /// events are what listeners read. Fixed at creation (upgrade with `DeployProgram`).
+    pub program: Option<ProgramSpec>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -130,6 +162,46 @@ pub enum Reply {
     Cluster(ClusterInfo),
     /// AddNode / RemoveNode took effect in the catalog.
     ClusterChanged,
+    /// The program switch committed at this offset of the topic's input log.
+    ProgramDeployed {
+        at_offset: Offset,
+    },
+    Program(ProgramInfo),
+}
+
+/// What a programmable topic's program did with one PUT.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ProgramOutcome {
+    /// Accepted: its events are at `first_event .. first_event + events` of the event log.
+    Accepted { first_event: Offset, events: u32 },
+    /// Rejected by the program (or for breaking its limits); the message says why. The PUT is
+    /// in the input log but produced no events.
+    Rejected { message: String },
+}
+
+/// A programmable topic's program on one replica.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProgramInfo {
+    pub topic: String,
+    /// SHA-256 of the running module, hex.
+    pub module_hash: String,
+    /// 1 for the program the topic was created with, +1 per upgrade.
+    pub version: u64,
+    pub config: Vec<(String, String)>,
+    /// Input offset of the entry that switched to this version (None: since creation).
+    pub deployed_at_offset: Option<Offset>,
+    /// Last input offset the program has processed.
+    pub applied_offset: Option<Offset>,
+    /// Next offset of the event log.
+    pub next_event_offset: Offset,
+    /// Last input offset of the newest durable snapshot.
+    pub snapshot_offset: Option<Offset>,
+    /// SHA-256 of the program's state now, hex: equal on every replica at the same offset.
+    pub state_hash: String,
+    pub inputs_accepted: u64,
+    pub inputs_rejected: u64,
+    /// Why the program stopped on this replica, if it did.
+    pub failure: Option<String>,
 }
 
 /// Where a request should have gone: the current leader, as far as the answering node knows.
@@ -168,10 +240,12 @@ pub struct ClusterInfo {
 }
 
 /// The acknowledgement of a PUT: where it landed and the timestamp it was given.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Committed {
     pub offset: Offset,
     pub timestamp_ms: TimestampMs,
+    /// On a programmable topic, what its program made of the PUT; `None` on a plain topic.
+    pub program: Option<ProgramOutcome>,
 }
 
 /// One committed entry, as a listener sees it.
@@ -183,6 +257,9 @@ pub struct Event {
     pub key: Option<Vec<u8>>,
     #[serde(with = "serde_bytes")]
     pub value: Vec<u8>,
+    /// A delete event of a programmable topic (the key's tombstone); always false on a plain
+    /// topic.
+    pub tombstone: bool,
 }
 
 impl fmt::Debug for Event {
@@ -192,6 +269,7 @@ impl fmt::Debug for Event {
             .field("timestamp_ms", &self.timestamp_ms)
             .field("key_bytes", &self.key.as_ref().map(Vec::len))
             .field("value_bytes", &self.value.len())
+            .field("tombstone", &self.tombstone)
             .finish()
     }
 }

@@ -28,8 +28,17 @@ fn arb_request() -> impl Strategy<Value = Request> {
                     retention_ms: ms,
                     segment_bytes: seg,
                     replicas: r,
+                    program: None,
                 }
             }),
+        (arb_bytes(64), any::<bool>()).prop_map(|(module, reset_state)| Request::DeployProgram {
+            topic: "t".into(),
+            program: weir_proto::ProgramSpec {
+                module,
+                config: vec![("window_ms".into(), "1000".into())],
+            },
+            reset_state,
+        }),
         "[a-z]{1,10}".prop_map(|name| Request::DeleteTopic { name }),
         Just(Request::ListTopics),
         Just(Request::Status),
@@ -72,6 +81,7 @@ fn arb_event() -> impl Strategy<Value = Event> {
         .prop_map(|(o, t, key, value)| Event {
             offset: Offset(o),
             timestamp_ms: TimestampMs(t),
+            tombstone: key.is_none(),
             key,
             value,
         })
@@ -83,7 +93,20 @@ fn arb_reply() -> impl Strategy<Value = Reply> {
         Just(Reply::TopicDeleted),
         (any::<u64>(), any::<u64>()).prop_map(|(o, t)| Reply::Committed(Committed {
             offset: Offset(o),
-            timestamp_ms: TimestampMs(t)
+            timestamp_ms: TimestampMs(t),
+            program: None,
+        })),
+        (any::<u64>(), any::<u32>(), ".{0,20}").prop_map(|(o, n, m)| Reply::Committed(Committed {
+            offset: Offset(o),
+            timestamp_ms: TimestampMs(o),
+            program: Some(if n % 2 == 0 {
+                weir_proto::ProgramOutcome::Accepted {
+                    first_event: Offset(o / 2),
+                    events: n,
+                }
+            } else {
+                weir_proto::ProgramOutcome::Rejected { message: m }
+            }),
         })),
         proptest::collection::vec(arb_event(), 0..5).prop_map(Reply::Events),
         ".{0,50}".prop_map(|m| Reply::Error(ErrorReply::new(ErrorCode::NotFound, m))),

@@ -8,8 +8,12 @@
 //!
 //! ```text
 //! magic "WEIRSNP1" | u8 flags (1: has offset, 2: has state) | u64 after_offset
-//! | [32] module hash | u64 state_len | state | u32 crc32 of all the above    (little-endian)
+//! | [32] module hash | u64 state_len | state | u32 extra_len | extra
+//! | u32 crc32 of all the above                                               (little-endian)
 //! ```
+//!
+//! `extra` is the caller's bookkeeping, stored and returned as is (the node keeps its event
+//! log position and program version there).
 
 use std::fs::{self, File};
 use std::io::Write;
@@ -26,6 +30,8 @@ const FLAG_STATE: u8 = 2;
 pub const SNAPSHOTS_KEPT: usize = 2;
 /// A program state larger than this is refused (it would not fit the program's memory anyway).
 pub const STATE_BYTES_MAX: u64 = 1024 * 1024 * 1024;
+/// The caller's bookkeeping bytes.
+pub const EXTRA_BYTES_MAX: usize = 64 * 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SnapshotError {
@@ -61,8 +67,13 @@ impl SnapshotStore {
         format!("snapshot-{n:020}.bin")
     }
 
-    /// Writes `checkpoint` durably and drops all but the newest [`SNAPSHOTS_KEPT`].
-    pub fn save(&self, checkpoint: &Checkpoint) -> Result<PathBuf, SnapshotError> {
+    /// Writes `checkpoint` (with the caller's `extra` bytes, at most [`EXTRA_BYTES_MAX`])
+    /// durably and drops all but the newest [`SNAPSHOTS_KEPT`].
+    pub fn save(&self, checkpoint: &Checkpoint, extra: &[u8]) -> Result<PathBuf, SnapshotError> {
+        assert!(
+            extra.len() <= EXTRA_BYTES_MAX,
+            "snapshot extra bytes over their limit"
+        );
         let state = checkpoint.state.as_deref().map(Vec::as_slice);
         let mut bytes = Vec::with_capacity(HEADER_BYTES + state.map_or(0, <[u8]>::len) + 4);
         bytes.extend_from_slice(MAGIC);
@@ -79,6 +90,8 @@ impl SnapshotStore {
         let state = state.unwrap_or(&[]);
         bytes.extend_from_slice(&(state.len() as u64).to_le_bytes());
         bytes.extend_from_slice(state);
+        bytes.extend_from_slice(&(extra.len() as u32).to_le_bytes());
+        bytes.extend_from_slice(extra);
         let crc = crc32fast::hash(&bytes);
         bytes.extend_from_slice(&crc.to_le_bytes());
 
@@ -119,7 +132,7 @@ impl SnapshotStore {
 
     /// The newest snapshot that reads back intact, if any. Corrupt ones are skipped with a
     /// warning naming the file; an older intact one (or none: replay from the start) is used.
-    pub fn load_newest(&self) -> Result<Option<Checkpoint>, SnapshotError> {
+    pub fn load_newest(&self) -> Result<Option<(Checkpoint, Vec<u8>)>, SnapshotError> {
         let mut names = self.names()?;
         names.sort();
         for name in names.iter().rev() {
@@ -136,7 +149,7 @@ impl SnapshotStore {
     }
 }
 
-fn decode(bytes: &[u8]) -> Result<Checkpoint, &'static str> {
+fn decode(bytes: &[u8]) -> Result<(Checkpoint, Vec<u8>), &'static str> {
     if bytes.len() < HEADER_BYTES + 4 {
         return Err("shorter than a header");
     }
@@ -158,15 +171,27 @@ fn decode(bytes: &[u8]) -> Result<Checkpoint, &'static str> {
     let mut module = [0u8; 32];
     module.copy_from_slice(&body[17..49]);
     let state_len = word(49);
-    if state_len > STATE_BYTES_MAX || state_len != (body.len() - HEADER_BYTES) as u64 {
+    let rest = (body.len() - HEADER_BYTES) as u64;
+    if state_len > STATE_BYTES_MAX || state_len + 4 > rest {
         return Err("state length does not match the file");
     }
-    let state = &body[HEADER_BYTES..];
-    Ok(Checkpoint {
+    let state_end = HEADER_BYTES + state_len as usize;
+    let state = &body[HEADER_BYTES..state_end];
+    let extra_len = u32::from_le_bytes([
+        body[state_end],
+        body[state_end + 1],
+        body[state_end + 2],
+        body[state_end + 3],
+    ]) as usize;
+    if extra_len > EXTRA_BYTES_MAX || state_end + 4 + extra_len != body.len() {
+        return Err("extra length does not match the file");
+    }
+    let checkpoint = Checkpoint {
         after_offset: (flags & FLAG_OFFSET != 0).then_some(after_offset),
         module: ModuleHash(module),
         state: (flags & FLAG_STATE != 0).then(|| Arc::new(state.to_vec())),
-    })
+    };
+    Ok((checkpoint, body[state_end + 4..].to_vec()))
 }
 
 #[cfg(test)]
@@ -191,11 +216,11 @@ mod tests {
             (Some(9), Some(&b"a"[..])),
             (Some(99), Some(b"bb")),
         ] {
-            store.save(&checkpoint(offset, state)).unwrap();
+            store.save(&checkpoint(offset, state), b"extra").unwrap();
         }
         assert_eq!(
             store.load_newest().unwrap(),
-            Some(checkpoint(Some(99), Some(b"bb")))
+            Some((checkpoint(Some(99), Some(b"bb")), b"extra".to_vec()))
         );
         assert_eq!(store.names().unwrap().len(), SNAPSHOTS_KEPT);
     }
@@ -204,21 +229,23 @@ mod tests {
     fn a_corrupt_newest_snapshot_falls_back_to_the_one_before() {
         let dir = tempfile::tempdir().unwrap();
         let store = SnapshotStore::open(dir.path()).unwrap();
-        store.save(&checkpoint(Some(9), Some(b"old"))).unwrap();
-        let newest = store.save(&checkpoint(Some(19), Some(b"new"))).unwrap();
+        store.save(&checkpoint(Some(9), Some(b"old")), b"").unwrap();
+        let newest = store
+            .save(&checkpoint(Some(19), Some(b"new")), b"")
+            .unwrap();
         let mut bytes = fs::read(&newest).unwrap();
-        let last_state_byte = bytes.len() - 5;
+        let last_state_byte = bytes.len() - 9;
         bytes[last_state_byte] ^= 0xff;
         fs::write(&newest, &bytes).unwrap();
         assert_eq!(
             store.load_newest().unwrap(),
-            Some(checkpoint(Some(9), Some(b"old")))
+            Some((checkpoint(Some(9), Some(b"old")), Vec::new()))
         );
         // A truncated file is skipped too.
         fs::write(&newest, &bytes[..10]).unwrap();
         assert_eq!(
             store.load_newest().unwrap(),
-            Some(checkpoint(Some(9), Some(b"old")))
+            Some((checkpoint(Some(9), Some(b"old")), Vec::new()))
         );
     }
 }

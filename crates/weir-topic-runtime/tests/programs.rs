@@ -245,12 +245,12 @@ fn snapshot_and_replay_equal_an_uninterrupted_run_also_across_a_restart_in_betwe
     let store = SnapshotStore::open(dir.path()).unwrap();
     let mut program = start("counter", &[], SMALL);
     let mut outcomes = run(&mut program, &msgs[..95], 5);
-    store.save(program.checkpoint()).unwrap();
+    store.save(program.checkpoint(), b"").unwrap();
     drop(program);
 
     // Restart from the snapshot, replay part of what followed it, and crash again.
     let restart = |store: &SnapshotStore| -> (Program, usize) {
-        let checkpoint: Checkpoint = store.load_newest().unwrap().expect("a snapshot");
+        let (checkpoint, _): (Checkpoint, _) = store.load_newest().unwrap().expect("a snapshot");
         let after = checkpoint.after_offset.expect("after some input");
         let program = Program::start(
             runtime(),
