@@ -1,7 +1,8 @@
 //! `weir demo`: a 3-node cluster in one process, in a temporary directory. A replicated topic,
 //! a listener from the start, keyed and pipelined PUTs, the replicas' status, a leader
 //! failover under writes, the old leader's catch-up, a check that the listener saw every
-//! acknowledged message exactly once, and clean-up.
+//! acknowledged message exactly once, then a programmable topic running the `counter` example
+//! (built from `wasm-examples/` on the spot) on every replica, and clean-up.
 
 use crate::commands::{follower_table, replica_status_table, spinner};
 use crate::output::{field, rate, thousands};
@@ -13,7 +14,8 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot, watch};
 use weir_client::{
-    Client, ClientConfig, Event, ListenFrom, Listener, Offset, PutHandle, TopicConfig, TopicStatus,
+    Client, ClientConfig, Event, ListenFrom, Listener, Offset, ProgramOutcome, ProgramSpec,
+    PutHandle, TopicConfig, TopicStatus,
 };
 use weir_node::{FsyncPolicy, Node, NodeConfig, NodeId, RunningNode, StartError};
 
@@ -215,7 +217,99 @@ async fn story(cluster: &mut DemoCluster, client: &Client) -> Result<()> {
     print_replicas(cluster, client).await?;
     listening.wait_until(acked.last()).await?;
     let events = listening.stop().await?;
-    check(&acked, &events)
+    check(&acked, &events)?;
+    programmable(cluster, client).await
+}
+
+const COUNTS: &str = "demo-counts";
+
+/// Step 6: a programmable topic. The `counter` example counts messages per key on every
+/// replica; listeners read its events; every replica ends in the same state.
+async fn programmable(cluster: &DemoCluster, client: &Client) -> Result<()> {
+    println!(
+        "
+programmable topic {COUNTS:?}: the counter example (wasm-examples/counter) runs on every replica"
+    );
+    let progress = spinner("building counter.wasm for wasm32-unknown-unknown");
+    let module = tokio::task::spawn_blocking(|| weir_wasm_examples::module("counter"))
+        .await
+        .context("the build task failed")?;
+    progress.finish_and_clear();
+    let module = module.context("cannot build the counter example")?;
+    println!(
+        "  built counter.wasm ({} bytes)",
+        thousands(module.len() as u64)
+    );
+    let config = TopicConfig {
+        replicas: Some(NODES as u32),
+        program: Some(ProgramSpec {
+            module,
+            config: Vec::new(),
+        }),
+        ..TopicConfig::default()
+    };
+    client.create_topic(COUNTS, config).await?;
+    let mut sent = 0u64;
+    for (key, times) in [("apples", 3u64), ("pears", 2), ("plums", 1)] {
+        for _ in 0..times {
+            let put = client.put(COUNTS, Some(key.as_bytes()), "1 piece");
+            let c = tokio::time::timeout(WAIT, put)
+                .await
+                .context("a PUT took too long")??;
+            if let Some(ProgramOutcome::Accepted {
+                first_event,
+                events,
+            }) = c.program
+            {
+                println!(
+                    "  put key={key:<6} -> input offset {}, {events} event at offset {first_event}",
+                    c.offset
+                );
+            }
+            sent += 1;
+        }
+    }
+    let mut listener = client.listen(COUNTS, ListenFrom::Start).await?;
+    println!("  its events, as a listener from the start sees them (key = running count):");
+    for _ in 0..sent {
+        let event = tokio::time::timeout(WAIT, listener.next())
+            .await
+            .context("the listener took too long")?
+            .context("the listener ended")??;
+        println!(
+            "    offset {}  {} = {}",
+            event.offset,
+            event.key.as_deref().map(field).unwrap_or_default(),
+            field(&event.value)
+        );
+    }
+    drop(listener);
+    let infos = poll("every replica's program to catch up", async || {
+        let mut infos = Vec::new();
+        for (id, addr) in cluster.live() {
+            infos.push((id, client.program_at(addr, COUNTS).await?));
+        }
+        let done = infos
+            .iter()
+            .all(|(_, info)| info.inputs_accepted == sent && info.failure.is_none());
+        Ok(done.then_some(infos))
+    })
+    .await?;
+    for (id, info) in &infos {
+        println!(
+            "  node {id}: program v{} applied through input offset {}, state sha256 {}",
+            info.version,
+            info.applied_offset.map_or(0, Offset::get),
+            &info.state_hash[..16]
+        );
+    }
+    let first = &infos[0].1.state_hash;
+    ensure!(
+        infos.iter().all(|(_, info)| &info.state_hash == first),
+        "replicas' program states differ"
+    );
+    println!("  every replica computed the same state");
+    Ok(())
 }
 
 /// Step 1: a topic replicated on every node, led by its preferred replica. Returns the leader.

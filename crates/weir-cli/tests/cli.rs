@@ -67,6 +67,10 @@ fn demo_runs_a_three_node_cluster_through_a_leader_failover_without_losing_a_mes
         "the first PUT after the shutdown was acknowledged",
         "999 more committed in",
         "the listener received all 11,010 acknowledged messages exactly once, in offset order",
+        "programmable topic \"demo-counts\": the counter example",
+        "offset 2  apples = 3",
+        "offset 5  plums = 1",
+        "every replica computed the same state",
         "stopped nodes 1, 2, 3",
         "demo complete",
     ] {

@@ -37,7 +37,9 @@ use wasmtime::{Caller, Engine, ExternType, Linker, Module, OptLevel, StoreLimits
 use weir_topic_sdk::abi;
 
 pub use program::{Checkpoint, CheckpointSchedule, Program, ProgramError, UpgradeError};
-pub use snapshot::{SnapshotError, SnapshotStore};
+pub use snapshot::{
+    EXTRA_BYTES_MAX, SNAPSHOTS_KEPT, STATE_BYTES_MAX, SnapshotError, SnapshotStore,
+};
 pub use weir_topic_sdk::abi::{Event, EventKind, Input, Outcome};
 
 /// Native stack a program's calls may use; deeper recursion traps (and rejects its input).
@@ -69,7 +71,8 @@ impl Default for Limits {
         Self {
             fuel_per_input: 50_000_000,
             memory_bytes_max: 64 * 1024 * 1024,
-            module_bytes_max: 8 * 1024 * 1024,
+            // Well inside one request frame (weir_proto::limits::FRAME_BYTES_MAX) with its config.
+            module_bytes_max: 4 * 1024 * 1024,
         }
     }
 }

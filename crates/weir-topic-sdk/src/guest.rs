@@ -1,4 +1,4 @@
-//! The guest side of the ABI, instantiated for one [`Program`] by [`export_program!`].
+//! The guest side of the ABI, instantiated for one [`Program`] by [`crate::export_program!`].
 //!
 //! Determinism across batchings: the buffers are allocated once (the input buffer at its first
 //! use, at least [`abi::BATCH_BYTES_MAX`]; the output buffer when the guest is created) and the
