@@ -10,6 +10,11 @@
 //! `--fsync never` shows what the path costs without the disk (for comparison only: weir's
 //! default and the figures that count are `always`).
 //!
+//! `--program counter` runs every cell twice, on a plain topic and on a programmable topic
+//! running that example program (built from `wasm-examples/`), and adds their ratio: what a
+//! program costs per PUT, end to end (the PUT is acknowledged after the program ran on the
+//! leader).
+//!
 //! Prints a table and a bar chart. Timings come from this machine as it is (shared, noisy):
 //! compare cells of one run with each other, not runs on different days.
 
@@ -19,6 +24,7 @@ use weir_node::{FsyncPolicy, Node, NodeConfig};
 use weir_proto::TopicConfig;
 
 struct Cell {
+    program: Option<String>,
     clients: usize,
     window: usize,
     messages: usize,
@@ -87,13 +93,24 @@ async fn run_cell(
     window: usize,
     per_client: usize,
     fsync: FsyncPolicy,
+    program: Option<&str>,
 ) -> anyhow::Result<Cell> {
     let dir = tempfile::tempdir()?;
     let (running, ca) = start_nodes(dir.path(), nodes, fsync).await?;
     let addrs = running.iter().map(|n| n.local_addr()).collect();
     let client_config = ClientConfig::with_addrs(addrs, ca);
     let admin = Client::connect(client_config.clone()).await?;
-    admin.create_topic("bench", TopicConfig::default()).await?;
+    let config = match program {
+        Some(name) => TopicConfig {
+            program: Some(weir_proto::ProgramSpec {
+                module: weir_wasm_examples::module(name)?,
+                config: Vec::new(),
+            }),
+            ..TopicConfig::default()
+        },
+        None => TopicConfig::default(),
+    };
+    admin.create_topic("bench", config).await?;
     // Warm-up: the first PUT finds the leader (clients learn it from hints).
     for client in [&admin] {
         client.put("bench", None, vec![b'w']).await?;
@@ -137,6 +154,7 @@ async fn run_cell(
         node.shutdown().await;
     }
     Ok(Cell {
+        program: program.map(str::to_owned),
         clients,
         window,
         messages: clients * per_client,
@@ -150,23 +168,49 @@ fn main() -> anyhow::Result<()> {
     let window = arg("--window", 1024usize);
     let fsync = arg("--fsync", FsyncPolicy::Always);
     let nodes = arg("--nodes", 1usize).max(1);
+    let program: Option<String> = arg("--program", String::new())
+        .parse()
+        .ok()
+        .filter(|p: &String| !p.is_empty());
     let runtime = tokio::runtime::Runtime::new()?;
     let plan = [(1, 1), (8, 1), (1, window), (8, window)];
     let mut cells = Vec::new();
     for (clients, w) in plan {
         // One-at-a-time cells pay a full fsync round trip per message: fewer messages.
         let total = if w == 1 { messages / 20 } else { messages };
-        eprintln!("running {clients} client(s), window {w}, {total} messages ...");
-        cells.push(runtime.block_on(run_cell(nodes, clients, w, total / clients, fsync))?);
+        let kinds: Vec<Option<&str>> = match &program {
+            Some(p) => vec![None, Some(p.as_str())],
+            None => vec![None],
+        };
+        for kind in kinds {
+            let what = kind.map_or("plain".to_owned(), |p| format!("program {p}"));
+            eprintln!("running {what}: {clients} client(s), window {w}, {total} messages ...");
+            cells.push(runtime.block_on(run_cell(
+                nodes,
+                clients,
+                w,
+                total / clients,
+                fsync,
+                kind,
+            ))?);
+        }
     }
 
     println!();
     println!("PUT throughput, {nodes} node(s), fsync = {fsync}, key 4 B, value 1 B");
-    println!("| clients | window | messages | seconds | msgs/s | µs/msg | fsyncs | msgs/fsync |");
-    println!("|---:|---:|---:|---:|---:|---:|---:|---:|");
+    println!(
+        "| topic | clients | window | messages | seconds | msgs/s | µs/msg | fsyncs | msgs/fsync | plain / this |"
+    );
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    let label = |c: &Cell| c.program.clone().unwrap_or_else(|| "plain".into());
     for c in &cells {
+        let plain = cells
+            .iter()
+            .find(|p| p.program.is_none() && p.clients == c.clients && p.window == c.window)
+            .map_or(1.0, Cell::msgs_per_s);
         println!(
-            "| {} | {} | {} | {:.3} | {:.0} | {:.1} | {} | {:.1} |",
+            "| {} | {} | {} | {} | {:.3} | {:.0} | {:.1} | {} | {:.1} | {:.2}x |",
+            label(c),
             c.clients,
             c.window,
             c.messages,
@@ -174,7 +218,8 @@ fn main() -> anyhow::Result<()> {
             c.msgs_per_s(),
             c.us_per_msg(),
             c.fsyncs,
-            c.msgs_per_fsync()
+            c.msgs_per_fsync(),
+            plain / c.msgs_per_s()
         );
     }
     println!();
@@ -183,7 +228,8 @@ fn main() -> anyhow::Result<()> {
     for c in &cells {
         let bar = ((c.msgs_per_s() / max) * 50.0).round() as usize;
         println!(
-            "{:>2} client(s) window {:>5} | {:<50} {:.0}",
+            "{:>8} {:>2} client(s) window {:>5} | {:<50} {:.0}",
+            label(c),
             c.clients,
             c.window,
             "#".repeat(bar.max(1)),
