@@ -104,6 +104,11 @@ impl LocalCluster {
         self.base_path.join("certs").join("ca.crt")
     }
 
+    /// Node `id`'s data directory (kept across restarts).
+    pub fn data_dir(&self, id: u64) -> &Path {
+        &self.dirs[(id - 1) as usize]
+    }
+
     pub fn addr(&self, id: u64) -> SocketAddr {
         self.addrs[(id - 1) as usize]
     }

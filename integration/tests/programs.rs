@@ -9,6 +9,10 @@ use weir_client::{
 };
 use weir_integration::cluster::{LocalCluster, SETTLE_TIMEOUT};
 
+/// One cluster at a time: each test runs three nodes that compile and run Wasm, and on a
+/// 2-core machine four such clusters at once starve each other into timeouts.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 fn program(name: &str, config: &[(&str, &str)]) -> Result<ProgramSpec> {
     Ok(ProgramSpec {
         module: weir_wasm_examples::module(name)?,
@@ -37,7 +41,10 @@ async fn settled_programs(
     loop {
         let mut infos = Vec::new();
         for &id in ids {
-            let client = cluster.client_of(id).await?;
+            // A node that does not answer yet (just restarted, busy) is not settled yet.
+            let Ok(client) = cluster.client_of(id).await else {
+                continue;
+            };
             let info = client.program_at(cluster.addr(id), topic).await;
             client.close().await;
             infos.push(info);
@@ -80,6 +87,7 @@ async fn read_events(client: &Client, topic: &str, end: Offset) -> Result<Vec<we
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn counter_counts_match_the_acknowledged_inputs_through_a_leader_kill() -> Result<()> {
+    let _serial = SERIAL.lock().await;
     const TOPIC: &str = "counts";
     const KEYS: u64 = 7;
     const PUTS: u64 = 1_200;
@@ -209,6 +217,7 @@ async fn counter_counts_match_the_acknowledged_inputs_through_a_leader_kill() ->
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hostile_inputs_are_rejected_on_every_replica_and_other_topics_keep_serving() -> Result<()>
 {
+    let _serial = SERIAL.lock().await;
     let cluster = LocalCluster::start(3, &[]).await?;
     let client = cluster.client().await?;
     client
@@ -282,6 +291,7 @@ async fn hostile_inputs_are_rejected_on_every_replica_and_other_topics_keep_serv
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_upgrade_switches_every_replica_at_one_offset_and_survives_a_restart() -> Result<()> {
+    let _serial = SERIAL.lock().await;
     const TOPIC: &str = "upgraded";
     let mut cluster = LocalCluster::start(3, &[]).await?;
     let client = cluster.client().await?;
@@ -354,5 +364,198 @@ async fn an_upgrade_switches_every_replica_at_one_offset_and_survives_a_restart(
         "{values:?}"
     );
     client.close().await;
+    Ok(())
+}
+
+/// This node's view of `topic` (input log and Raft state).
+async fn topic_status_at(
+    cluster: &LocalCluster,
+    id: u64,
+    topic: &str,
+) -> Result<weir_client::TopicStatus> {
+    let client = cluster.client_of(id).await?;
+    let status = client.status_of(cluster.addr(id)).await;
+    client.close().await;
+    status?
+        .topics
+        .into_iter()
+        .find(|t| t.name == topic)
+        .with_context(|| format!("node {id} has no topic {topic}"))
+}
+
+/// Every key's count in the event log equals its acknowledged PUTs (all were acknowledged).
+fn check_counts(events: &[weir_client::Event], acked: &BTreeMap<String, u64>) -> Result<()> {
+    let mut counts: BTreeMap<String, u64> = BTreeMap::new();
+    for (i, event) in events.iter().enumerate() {
+        ensure!(event.offset == Offset(i as u64), "event offsets are dense");
+        let key = String::from_utf8(event.key.clone().unwrap_or_default())?;
+        let count: u64 = std::str::from_utf8(&event.value)?.parse()?;
+        let seen = counts.entry(key.clone()).or_default();
+        *seen += 1;
+        ensure!(
+            count == *seen,
+            "key {key}: event says {count}, expected {seen}"
+        );
+    }
+    ensure!(
+        counts == *acked,
+        "counts {counts:?} differ from the acknowledged PUTs {acked:?}"
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_behind_the_compacted_input_log_catches_up_from_the_program_snapshot()
+-> Result<()> {
+    let _serial = SERIAL.lock().await;
+    const TOPIC: &str = "compacted";
+    const KEYS: u64 = 5;
+    const PUTS: u64 = 3_000;
+    const ROUND: u64 = 200;
+    let config_dir = tempfile::tempdir()?;
+    let config_path = config_dir.path().join("weir.toml");
+    std::fs::write(&config_path, "retention_check_interval_ms = 100\n")?;
+    let config_arg = config_path.to_string_lossy().into_owned();
+    let mut cluster = LocalCluster::start(3, &["--config", &config_arg]).await?;
+    let admin = cluster.client().await?;
+    admin
+        .create_topic(
+            TOPIC,
+            TopicConfig {
+                // Small segments and frequent checkpoints: many compactions in a short run.
+                segment_bytes: Some(4096),
+                ..programmable(program("counter", &[("weir.checkpoint.inputs", "50")])?)
+            },
+        )
+        .await?;
+    let leader = cluster.wait_for_leader(TOPIC, None).await?;
+    let behind = (1..=3).find(|id| *id != leader).context("a follower")?;
+    cluster.kill9(behind).await?;
+
+    let mut acked: BTreeMap<String, u64> = BTreeMap::new();
+    let put_all = |client: Client, from: u64, to: u64| async move {
+        let mut producer = client.producer(TOPIC, 64)?;
+        let mut handles = Vec::new();
+        for i in from..to {
+            let key = format!("k{}", i % KEYS);
+            handles.push((
+                key.clone(),
+                producer.send(Some(key.as_bytes()), format!("v{i}")).await?,
+            ));
+        }
+        let mut keys = Vec::new();
+        for (key, handle) in handles {
+            handle.await?;
+            keys.push(key);
+        }
+        client.close().await;
+        anyhow::Ok(keys)
+    };
+    // Rounds of PUTs, each followed by a durable program snapshot on every live replica: the
+    // live replicas compact their input logs below them (whole segments go).
+    let live: Vec<u64> = (1..=3).filter(|id| *id != behind).collect();
+    let mut sent = 0;
+    let mut compacted = false;
+    while !compacted {
+        ensure!(sent < PUTS, "input logs not compacted after {sent} PUTs");
+        let round = put_all(cluster.client().await?, sent, sent + ROUND).await;
+        for key in round.with_context(|| format!("PUTs from {sent}"))? {
+            *acked.entry(key).or_default() += 1;
+        }
+        sent += ROUND;
+        let deadline = tokio::time::Instant::now() + SETTLE_TIMEOUT;
+        loop {
+            let mut snapshots = Vec::new();
+            for &id in &live {
+                let client = cluster.client_of(id).await?;
+                let info = client.program_at(cluster.addr(id), TOPIC).await;
+                client.close().await;
+                snapshots.push(info?.snapshot_offset);
+            }
+            // Checkpoints fall every 50 inputs: one is within the round's last 50.
+            if snapshots
+                .iter()
+                .all(|s| s.is_some_and(|o| o.0 + 50 >= sent))
+            {
+                break;
+            }
+            ensure!(
+                tokio::time::Instant::now() < deadline,
+                "no durable snapshot after {sent} PUTs: {snapshots:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let mut starts = Vec::new();
+        for &id in &live {
+            starts.push(topic_status_at(&cluster, id, TOPIC).await?.start_offset);
+        }
+        compacted = starts.iter().all(|s| s.0 > 0);
+    }
+
+    // The replica that missed everything cannot replay the inputs: it installs the program's
+    // snapshot from the leader and continues, identically.
+    cluster.start_node(behind).await?;
+    let after_catch_up = put_all(cluster.client().await?, sent, sent + 100).await;
+    for key in after_catch_up.context("PUTs after the catch-up")? {
+        *acked.entry(key).or_default() += 1;
+    }
+    let infos = settled_programs(&cluster, &[1, 2, 3], TOPIC).await?;
+    let hashes: BTreeSet<&str> = infos.iter().map(|i| i.state_hash.as_str()).collect();
+    ensure!(hashes.len() == 1, "replicas' states differ: {infos:#?}");
+    let caught_up = &infos[(behind - 1) as usize];
+    ensure!(
+        caught_up.first_event_offset.0 > 0 && caught_up.snapshot_offset.is_some(),
+        "node {behind} should hold events from the installed snapshot on: {caught_up:#?}"
+    );
+    let events = read_events(&admin, TOPIC, infos[0].next_event_offset).await?;
+    check_counts(&events, &acked)?;
+
+    // A replica whose own program snapshots are all unreadable recovers from the snapshot
+    // of its compacted input log, never from the (missing) inputs below it.
+    let now_leading = cluster.wait_for_leader(TOPIC, None).await?;
+    let damaged = *live
+        .iter()
+        .find(|id| **id != now_leading)
+        .context("a live follower")?;
+    cluster.kill9(damaged).await?;
+    let status_group = topic_status_at(&cluster, now_leading, TOPIC)
+        .await?
+        .raft
+        .context("raft status")?
+        .group;
+    let snapshots_dir = cluster
+        .data_dir(damaged)
+        .join("groups")
+        .join(status_group.to_string())
+        .join("program")
+        .join("snapshots");
+    let mut damaged_files = 0;
+    for entry in std::fs::read_dir(&snapshots_dir)? {
+        std::fs::write(entry?.path(), b"not a snapshot")?;
+        damaged_files += 1;
+    }
+    ensure!(
+        damaged_files > 0,
+        "no program snapshot in {}",
+        snapshots_dir.display()
+    );
+    cluster.start_node(damaged).await?;
+    let after_recovery = put_all(cluster.client().await?, sent + 100, sent + 200).await;
+    for key in after_recovery.context("PUTs after the recovery")? {
+        *acked.entry(key).or_default() += 1;
+    }
+    let infos = settled_programs(&cluster, &[1, 2, 3], TOPIC).await?;
+    let hashes: BTreeSet<&str> = infos.iter().map(|i| i.state_hash.as_str()).collect();
+    ensure!(
+        hashes.len() == 1,
+        "replicas' states differ after the recovery: {infos:#?}"
+    );
+    let events = read_events(&admin, TOPIC, infos[0].next_event_offset).await?;
+    check_counts(&events, &acked)?;
+    println!(
+        "compaction: input logs compacted, node {behind} caught up from a snapshot (events from {}), node {damaged} recovered from its log's snapshot; state {}",
+        caught_up.first_event_offset, infos[0].state_hash
+    );
+    admin.close().await;
     Ok(())
 }

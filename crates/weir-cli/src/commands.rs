@@ -231,7 +231,10 @@ pub async fn program(g: &GlobalArgs, cmd: ProgramCommand) -> Result<()> {
             );
             println!("deployed at      {}", or_dash(p.deployed_at_offset));
             println!("applied through  {}", or_dash(p.applied_offset));
-            println!("next event       {}", p.next_event_offset);
+            println!(
+                "events           {}..{}",
+                p.first_event_offset, p.next_event_offset
+            );
             println!("last snapshot    {}", or_dash(p.snapshot_offset));
             println!("state sha256     {}", p.state_hash);
             println!(

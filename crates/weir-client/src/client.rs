@@ -422,14 +422,29 @@ impl Client {
     /// and nothing committed is skipped (offsets holding no message are skipped by the node).
     pub async fn listen(&self, topic: &str, from: ListenFrom) -> Result<Listener, ClientError> {
         check_topic(topic)?;
-        let (node, info) = self.inner.replica_topic_status(topic).await?;
+        let replicas = self.inner.replica_topic_statuses(topic).await?;
+        // Replicas may hold different ranges (each applies retention itself; one that caught
+        // up from a snapshot of a programmable topic holds events from there on): attach to
+        // one that has what was asked for, the leader if it does.
+        let (node, info) = match from {
+            ListenFrom::Start => replicas
+                .iter()
+                .min_by_key(|(_, info)| info.read_start_offset)
+                .cloned(),
+            ListenFrom::Offset(n) => replicas
+                .iter()
+                .find(|(_, info)| info.read_start_offset <= n && n <= info.read_end_offset)
+                .cloned(),
+            ListenFrom::End => None,
+        }
+        .unwrap_or_else(|| replicas[0].clone());
         let from = match from {
             ListenFrom::Start => ListenFrom::Start,
-            ListenFrom::End => ListenFrom::Offset(info.committed_offset),
-            ListenFrom::Offset(n) if n < info.start_offset || n > info.committed_offset => {
+            ListenFrom::End => ListenFrom::Offset(info.read_end_offset),
+            ListenFrom::Offset(n) if n < info.read_start_offset || n > info.read_end_offset => {
                 return Err(ClientError::OffsetOutOfRange(format!(
                     "offset {n} is outside topic {topic:?}'s range [{}, {}]",
-                    info.start_offset, info.committed_offset
+                    info.read_start_offset, info.read_end_offset
                 )));
             }
             ListenFrom::Offset(n) => ListenFrom::Offset(n),
@@ -1087,10 +1102,12 @@ impl Inner {
 
     /// `topic`'s status on a node that hosts it, and that node (`None`: the node this client
     /// is connected to, used when the cluster layout does not place the topic).
-    async fn replica_topic_status(
+    /// The topic's status on every replica that answers, the leader first (at least one:
+    /// else the error).
+    async fn replica_topic_statuses(
         self: &Arc<Self>,
         topic: &str,
-    ) -> Result<(Option<SocketAddr>, TopicStatus), ClientError> {
+    ) -> Result<Vec<(Option<SocketAddr>, TopicStatus)>, ClientError> {
         let deadline = Instant::now() + self.config.request_timeout;
         let hosts = match self.refresh_cluster(deadline).await {
             Ok(view) => view.hosts_of(topic),
@@ -1101,11 +1118,12 @@ impl Inner {
         };
         let find = |status: &NodeStatus| status.topics.iter().find(|t| t.name == topic).cloned();
         let mut unreachable = None;
+        let mut found = Vec::new();
         for addr in hosts {
             match self.status_of(addr).await {
                 Ok(status) => {
                     if let Some(info) = find(&status) {
-                        return Ok((Some(addr), info));
+                        found.push((Some(addr), info));
                     }
                 }
                 Err(e @ ClientError::Config(_)) => return Err(e),
@@ -1115,9 +1133,12 @@ impl Inner {
                 }
             }
         }
+        if !found.is_empty() {
+            return Ok(found);
+        }
         let status = status_reply(self.call(Request::Status).await?)?;
         match find(&status) {
-            Some(info) => Ok((None, info)),
+            Some(info) => Ok(vec![(None, info)]),
             None => Err(unreachable.unwrap_or_else(|| {
                 ClientError::NotFound(format!("topic {topic:?} does not exist"))
             })),

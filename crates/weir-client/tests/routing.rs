@@ -320,6 +320,8 @@ fn topic_status(name: &str, committed_offset: u64) -> TopicStatus {
         appends: 0,
         failure: None,
         raft: None,
+        read_start_offset: Offset(0),
+        read_end_offset: Offset(committed_offset),
     }
 }
 

@@ -133,6 +133,40 @@ pub type ProposalReply = Box<dyn FnOnce(Result<Decided, ProposalError>) + Send>;
 /// what it has to say about some of them (by index, ascending), which goes into the `Decided`
 /// of their proposals: they are answered right after, on the same thread.
 pub type OnApply = Box<dyn FnMut(&[Entry]) -> Applied + Send>;
+
+/// What a group applies its committed entries to, and what its snapshots hold.
+///
+/// Any `FnMut(&[Entry]) -> Applied` is one whose state is the log itself (a plain topic, the
+/// catalog): compacting needs no data, and installing a snapshot restores nothing.
+pub trait StateMachine: Send + 'static {
+    /// Committed entries, in order, each once; see [`OnApply`].
+    fn apply(&mut self, entries: &[Entry]) -> Applied;
+
+    /// Retention wants to compact the log through `upto` (never beyond the applied index):
+    /// the index the state machine can cover instead (at most `upto`) and the snapshot data a
+    /// replica that lacks the compacted entries installs to get there. `None`: not now.
+    fn compaction(&mut self, upto: LogIndex) -> Option<(LogIndex, Vec<u8>)> {
+        Some((upto, Vec::new()))
+    }
+
+    /// A snapshot from the leader replaces everything through `snapshot.meta.last_index`: the
+    /// state machine takes that state, durably, before the log is replaced (so a crash in
+    /// between leaves a state machine ahead of its log, which re-applying skips). An error
+    /// stops the group like a storage failure.
+    fn restore(&mut self, snapshot: &weir_raft::Snapshot) -> Result<(), String> {
+        let _ = snapshot;
+        Ok(())
+    }
+}
+
+impl<F> StateMachine for F
+where
+    F: FnMut(&[Entry]) -> Applied + Send + 'static,
+{
+    fn apply(&mut self, entries: &[Entry]) -> Applied {
+        self(entries)
+    }
+}
 /// Per-entry results of an [`OnApply`] call, ascending by index; empty for most state machines.
 pub type Applied = Vec<(LogIndex, ProgramOutcome)>;
 
@@ -223,13 +257,13 @@ impl fmt::Debug for GroupHandle {
 
 impl GroupHandle {
     /// Builds the core from `store` (restoring its hard state and log) and starts the thread.
-    /// `on_apply` gets every committed entry from the store's snapshot on (after a restart, the
+    /// `machine` gets every committed entry from the store's snapshot on (after a restart, the
     /// whole retained log again). Panics on an invalid `config.raft` (as `Raft::new`).
     pub fn start(
         config: GroupConfig,
         store: GroupStore,
         transport: Arc<dyn Transport>,
-        on_apply: OnApply,
+        machine: impl StateMachine,
     ) -> std::io::Result<GroupHandle> {
         let started = Instant::now();
         let id = config.raft.id;
@@ -247,7 +281,7 @@ impl GroupHandle {
             raft,
             rx,
             transport,
-            on_apply,
+            machine: Box::new(machine),
             shared: shared.clone(),
             pending: BTreeMap::new(),
             stamp_timestamps: config.stamp_timestamps,
@@ -404,7 +438,7 @@ struct Runner {
     raft: Raft<GroupStore>,
     rx: mpsc::Receiver<Input>,
     transport: Arc<dyn Transport>,
-    on_apply: OnApply,
+    machine: Box<dyn StateMachine>,
     shared: Arc<Shared>,
     /// Proposals by index: (term, stamped timestamp, reply).
     pending: BTreeMap<LogIndex, (Term, TimestampMs, ReplyOnce)>,
@@ -567,7 +601,7 @@ impl Runner {
                     let Some(last) = entries.last().map(|e| e.index) else {
                         continue;
                     };
-                    let mut applied = (self.on_apply)(&entries).into_iter().peekable();
+                    let mut applied = self.machine.apply(&entries).into_iter().peekable();
                     for entry in &entries {
                         let mut program = None;
                         while let Some((index, _)) = applied.peek() {
@@ -585,9 +619,15 @@ impl Runner {
                 }
                 Output::PersistSnapshot(snapshot) => {
                     let meta = snapshot.meta.clone();
+                    // The state machine first: a crash between leaves it ahead of the old log
+                    // (re-applying skips what it holds) and the leader sends the snapshot again.
+                    if let Err(e) = self.machine.restore(&snapshot) {
+                        self.fail(format!("restoring the state machine from a snapshot: {e}"));
+                        continue;
+                    }
                     match self.raft.store_mut().install_snapshot(snapshot) {
                         Ok(()) => {
-                            tracing::warn!(last_index = %meta.last_index, "snapshot installed: on_apply does not see snapshot state");
+                            tracing::info!(last_index = %meta.last_index, "snapshot installed");
                             // Proposals the snapshot covers: decided unless at its last index.
                             let covered: Vec<LogIndex> = self
                                 .pending
@@ -688,8 +728,9 @@ impl Runner {
         self.publish(false);
     }
 
-    /// Compacts the log up to what retention lets go (never beyond the applied index), with an
-    /// empty snapshot. Followers behind it get that snapshot and restart their log after it.
+    /// Compacts the log up to what retention lets go (never beyond the applied index) and the
+    /// state machine can cover, with the state machine's snapshot data. Followers behind it get
+    /// that snapshot and restart their log after it.
     fn maybe_apply_retention(&mut self) {
         let Some(retention) = self.retention else {
             return;
@@ -706,8 +747,16 @@ impl Runner {
             .store()
             .retention_cutoff(now_ms, retention.bytes, retention.ms);
         let applied = self.raft.status().applied_index;
-        let index = cutoff.min(applied);
         let snapshot_index = self.raft.store().first_index().0 - 1;
+        let upto = cutoff.min(applied);
+        // Asked even when retention lets nothing go: the state machine does its own upkeep.
+        let Some((index, data)) = self.machine.compaction(upto) else {
+            return;
+        };
+        if index > upto {
+            tracing::warn!(%index, %upto, "state machine offered a snapshot beyond the retention cutoff; not compacting");
+            return;
+        }
         if index.0 <= snapshot_index {
             return;
         }
@@ -724,7 +773,7 @@ impl Runner {
                 last_term: term,
                 membership,
             },
-            data: Vec::new(),
+            data,
         };
         match self.raft.store_mut().compact(snapshot) {
             Ok(()) => {

@@ -11,6 +11,18 @@
 //! newest snapshot is restored, the event log is cut back to the snapshot's position, and the
 //! group re-applies the input log after it, which regenerates exactly the events that were cut
 //! (programs are deterministic).
+//!
+//! Compaction: the input log is compacted below a durable program snapshot ([`ProgramReplica::
+//! compaction`]): the Raft snapshot then carries that program snapshot ([`Shipped`]: state,
+//! bookkeeping and the program version's spec), so a replica that lacks the compacted inputs
+//! installs it ([`ProgramReplica::restore`]) and continues from there. The snapshot used is the
+//! one that was newest at the previous compaction, so the inputs of about one segment stay for
+//! followers to catch up from before they need a snapshot. The event log keeps the topic's
+//! retention (size, age), never above the newest durable snapshot's position.
+//!
+//! Reserved program config keys (`weir.checkpoint.inputs`, `weir.checkpoint.bytes`,
+//! `weir.checkpoint.ms`) set the checkpoint schedule: they are part of the replicated spec, so
+//! every replica checkpoints at the same inputs; they are not passed to the program.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
@@ -22,8 +34,8 @@ use weir_proto::{Offset, ProgramInfo, ProgramOutcome, ProgramSpec, TimestampMs, 
 use weir_raft::{Entry, LogIndex, Payload};
 use weir_storage::{FsyncPolicy, Log, LogConfig, LogReader};
 use weir_topic_runtime::{
-    CheckpointSchedule, EventKind, Input, Limits, ModuleHash, Outcome, Program, ProgramModule,
-    Runtime, SnapshotStore, UpgradeError,
+    Checkpoint, CheckpointSchedule, EventKind, Input, Limits, ModuleHash, Outcome, Program,
+    ProgramModule, Runtime, SnapshotStore, UpgradeError,
 };
 
 use crate::group::Applied;
@@ -34,6 +46,50 @@ pub(crate) fn runtime() -> Result<Arc<Runtime>, String> {
     RUNTIME
         .get_or_init(|| Runtime::new(Limits::default()).map_err(|e| e.to_string()))
         .clone()
+}
+
+/// The largest Raft snapshot of a program (state, bookkeeping, module) a compaction makes: it
+/// travels to a follower in one peer message. A larger state is still snapshotted locally, but
+/// its input log is not compacted (chunked snapshot transfer does not exist yet).
+pub(crate) const SHIPPED_SNAPSHOT_BYTES_MAX: usize =
+    crate::peer::PEER_MESSAGE_BYTES_MAX - 64 * 1024;
+
+/// Prefix of the program config keys weir reads itself (never passed to the program).
+pub(crate) const RESERVED_CONFIG_PREFIX: &str = "weir.";
+
+/// Splits a spec's config into the program's own keys and the checkpoint schedule the
+/// reserved keys set (defaults otherwise). An unknown reserved key or a bad value is an error.
+pub(crate) fn split_config(
+    spec: &ProgramSpec,
+) -> Result<(Vec<(String, String)>, CheckpointSchedule), String> {
+    let mut schedule = CheckpointSchedule::default();
+    let mut config = Vec::with_capacity(spec.config.len());
+    for (key, value) in &spec.config {
+        let Some(name) = key.strip_prefix(RESERVED_CONFIG_PREFIX) else {
+            config.push((key.clone(), value.clone()));
+            continue;
+        };
+        let field = match name {
+            "checkpoint.inputs" => &mut schedule.every_inputs,
+            "checkpoint.bytes" => &mut schedule.every_input_bytes,
+            "checkpoint.ms" => &mut schedule.every_ms,
+            _ => {
+                return Err(format!(
+                    "unknown reserved config key {key:?} (weir reads weir.checkpoint.inputs, \
+                     weir.checkpoint.bytes and weir.checkpoint.ms)"
+                ));
+            }
+        };
+        *field = match value.parse::<u64>() {
+            Ok(n) if n > 0 => n,
+            _ => {
+                return Err(format!(
+                    "{key} must be a whole number above 0, got {value:?}"
+                ));
+            }
+        };
+    }
+    Ok((config, schedule))
 }
 
 /// Durable snapshots are saved at most this often (checkpoints in between stay in memory; a
@@ -68,6 +124,41 @@ struct Bookkeeping {
     inputs_rejected: u64,
 }
 
+/// A program snapshot as a Raft snapshot's data (codec-encoded): everything a replica that
+/// lacks the inputs up to `after_offset` needs to continue after it.
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+struct Shipped {
+    format: u8,
+    after_offset: u64,
+    module: [u8; 32],
+    state: Option<Vec<u8>>,
+    book: Bookkeeping,
+    spec: ProgramSpec,
+}
+
+const SHIPPED_FORMAT: u8 = 1;
+
+/// A durable program snapshot held in memory for compaction.
+#[derive(Clone, Debug)]
+struct Saved {
+    checkpoint: Checkpoint,
+    book: Bookkeeping,
+}
+
+impl Saved {
+    /// The input offset the snapshot includes (checkpoints without one are never kept).
+    fn after(&self) -> u64 {
+        self.checkpoint.after_offset.unwrap_or(0)
+    }
+}
+
+/// Retention of a programmable topic's event log (the topic's `retention_*`).
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct EventRetention {
+    pub bytes: Option<u64>,
+    pub ms: Option<u64>,
+}
+
 enum State {
     Running(Box<Program>),
     /// Stopped on this replica; the reason says why. Inputs are rejected with it until a
@@ -82,7 +173,6 @@ pub(crate) struct ProgramReplica {
     snapshots: SnapshotStore,
     events: Log,
     events_tx: watch::Sender<Offset>,
-    schedule: CheckpointSchedule,
     state: State,
     spec: ProgramSpec,
     /// Now.
@@ -94,6 +184,14 @@ pub(crate) struct ProgramReplica {
     /// `after_offset` of the last checkpoint saved durably, and when.
     saved: Option<u64>,
     saved_at: Option<Instant>,
+    /// The newest durable snapshot (with an input offset).
+    newest_saved: Option<Saved>,
+    /// The snapshot the next compaction uses, once the retention cutoff passes it: the one
+    /// that was newest at the previous compaction.
+    candidate: Option<Saved>,
+    /// Input offset the last compaction covered.
+    compacted_through: Option<u64>,
+    event_retention: EventRetention,
 }
 
 impl std::fmt::Debug for ProgramReplica {
@@ -117,6 +215,7 @@ impl ProgramReplica {
         group_dir: &Path,
         created_with: &ProgramSpec,
         segment_bytes_max: u64,
+        event_retention: EventRetention,
     ) -> Result<Self, String> {
         let runtime = runtime()?;
         let specs_dir = group_dir.join("program").join("specs");
@@ -134,7 +233,6 @@ impl ProgramReplica {
             },
         )
         .map_err(|e| io_error("opening the event log", e))?;
-        let schedule = CheckpointSchedule::default();
         let newest = snapshots.load_newest().map_err(|e| e.to_string())?;
         let (spec, book, checkpoint) = match newest {
             Some((checkpoint, extra)) => {
@@ -184,19 +282,14 @@ impl ProgramReplica {
         let (events_tx, _) = watch::channel(events.reader().committed_offset());
         let applied_through = checkpoint.as_ref().and_then(|c| c.after_offset);
         let saved = applied_through;
-        let state = match runtime.load(&spec.module) {
-            Ok(module) => match Program::start(
-                runtime.clone(),
-                module,
-                spec.config.clone(),
-                schedule,
-                checkpoint,
-            ) {
-                Ok(program) => State::Running(Box::new(program)),
-                Err(e) => State::Halted(e.to_string()),
-            },
-            Err(e) => State::Halted(format!("module refused: {e}")),
-        };
+        let newest_saved = checkpoint
+            .as_ref()
+            .filter(|c| c.after_offset.is_some())
+            .map(|c| Saved {
+                checkpoint: c.clone(),
+                book: book.clone(),
+            });
+        let state = start_program(&runtime, &spec, checkpoint);
         if let State::Halted(reason) = &state {
             tracing::error!(%topic, %reason, "topic program cannot start on this replica");
         }
@@ -207,7 +300,6 @@ impl ProgramReplica {
             snapshots,
             events,
             events_tx,
-            schedule,
             state,
             spec,
             checkpoint_book: book.clone(),
@@ -215,7 +307,175 @@ impl ProgramReplica {
             applied_through,
             saved,
             saved_at: None,
+            candidate: newest_saved.clone(),
+            newest_saved,
+            compacted_through: None,
+            event_retention,
         })
+    }
+
+    /// Last input offset the program's state includes.
+    pub fn applied_through(&self) -> Option<u64> {
+        self.applied_through
+    }
+
+    /// The input log may be compacted through Raft index `upto` (the retention cutoff, at most
+    /// the applied index): the index of a durable program snapshot at or below it and that
+    /// snapshot as Raft snapshot data, if there is one not used yet. Also saves a pending
+    /// checkpoint and applies the event log's retention (called every retention check).
+    pub fn compaction(&mut self, upto: LogIndex) -> Option<(LogIndex, Vec<u8>)> {
+        // A topic that went quiet saves its last checkpoint here (apply saves at most once a
+        // second, so the last one of a burst waits for this).
+        self.maybe_save();
+        self.apply_event_retention();
+        let fresh = |saved: &Option<Saved>, done: Option<u64>| {
+            saved
+                .as_ref()
+                .is_some_and(|s| done.is_none_or(|done| s.after() > done))
+        };
+        if !fresh(&self.candidate, self.compacted_through) {
+            self.candidate = self.newest_saved.clone();
+            return None;
+        }
+        let candidate = self.candidate.as_ref()?;
+        // Entry i is at input offset i - 1.
+        let index = LogIndex(candidate.after() + 1);
+        if index > upto {
+            return None; // the cutoff has not passed it yet: inputs after it stay
+        }
+        let shipped = self.ship(candidate);
+        // Whatever happens, the next compaction waits for the snapshot that is newest now.
+        self.candidate = self.newest_saved.clone();
+        match shipped {
+            Ok(data) => {
+                self.compacted_through = Some(index.0 - 1);
+                tracing::debug!(topic = %self.topic, %index, bytes = data.len(), "input log compaction point");
+                Some((index, data))
+            }
+            Err(reason) => {
+                tracing::warn!(topic = %self.topic, %reason, "input log not compacted");
+                None
+            }
+        }
+    }
+
+    fn ship(&self, saved: &Saved) -> Result<Vec<u8>, String> {
+        let spec = read_spec(&self.specs_dir, &saved.book.spec_id)?;
+        let shipped = Shipped {
+            format: SHIPPED_FORMAT,
+            after_offset: saved.after(),
+            module: saved.checkpoint.module.0,
+            state: saved.checkpoint.state.as_deref().cloned(),
+            book: saved.book.clone(),
+            spec,
+        };
+        let data = codec::encode(&shipped).map_err(|e| e.to_string())?;
+        if data.len() > SHIPPED_SNAPSHOT_BYTES_MAX {
+            return Err(format!(
+                "the program snapshot is {} bytes, above SHIPPED_SNAPSHOT_BYTES_MAX ({SHIPPED_SNAPSHOT_BYTES_MAX})",
+                data.len()
+            ));
+        }
+        Ok(data)
+    }
+
+    /// Installs a program snapshot from the leader (the data of a Raft snapshot a compaction
+    /// made): state, bookkeeping and spec, durably, and the event log restarts at its position
+    /// if this replica's events do not reach it (events below it are then not on this
+    /// replica). Nothing changes if the program is already past it. An error is an I/O error
+    /// or data that does not decode: the group stops.
+    pub fn restore(&mut self, data: &[u8]) -> Result<(), String> {
+        if data.is_empty() {
+            return Err("the snapshot holds no program state (it was taken without one)".into());
+        }
+        let shipped: Shipped =
+            codec::decode(data).map_err(|e| format!("program snapshot does not decode: {e}"))?;
+        if shipped.format != SHIPPED_FORMAT {
+            return Err(format!(
+                "program snapshot format {} is not known here",
+                shipped.format
+            ));
+        }
+        if self
+            .applied_through
+            .is_some_and(|done| done >= shipped.after_offset)
+        {
+            return Ok(());
+        }
+        let id = spec_id(&shipped.spec)?;
+        if id != shipped.book.spec_id {
+            return Err("program snapshot's spec does not match its bookkeeping".into());
+        }
+        write_spec(&self.specs_dir, &id, &shipped.spec)?;
+        let checkpoint = Checkpoint {
+            after_offset: Some(shipped.after_offset),
+            module: ModuleHash(shipped.module),
+            state: shipped.state.map(Arc::new),
+        };
+        let book = shipped.book;
+        let events_next = Offset(book.events_next);
+        if self.events.next_offset() != events_next {
+            tracing::info!(
+                topic = %self.topic,
+                from = %self.events.next_offset(),
+                to = %events_next,
+                "event log restarts at the installed snapshot's position"
+            );
+            self.events
+                .reset_to(events_next)
+                .map_err(|e| io_error("restarting the event log", e))?;
+        }
+        let extra = codec::encode(&book).map_err(|e| e.to_string())?;
+        self.snapshots
+            .save(&checkpoint, &extra)
+            .map_err(|e| e.to_string())?;
+        let state = start_program(&self.runtime, &shipped.spec, Some(checkpoint.clone()));
+        if let State::Halted(reason) = &state {
+            tracing::error!(topic = %self.topic, %reason, "topic program cannot start from the installed snapshot");
+        }
+        tracing::info!(topic = %self.topic, after_offset = shipped.after_offset, "program snapshot installed");
+        self.state = state;
+        self.spec = shipped.spec;
+        self.book = book.clone();
+        self.checkpoint_book = book.clone();
+        self.applied_through = Some(shipped.after_offset);
+        self.saved = Some(shipped.after_offset);
+        self.saved_at = Some(Instant::now());
+        self.newest_saved = Some(Saved { checkpoint, book });
+        self.candidate = self.newest_saved.clone();
+        self.events_tx
+            .send_replace(self.events.reader().committed_offset());
+        Ok(())
+    }
+
+    /// Deletes the event log's oldest whole segments the topic's retention lets go, never at
+    /// or above the newest durable snapshot's position (a restart regenerates events from
+    /// there, so those must stay).
+    fn apply_event_retention(&mut self) {
+        let EventRetention { bytes, ms } = self.event_retention;
+        if bytes.is_none() && ms.is_none() {
+            return;
+        }
+        let Some(durable) = self.newest_saved.as_ref().map(|s| s.book.events_next) else {
+            return;
+        };
+        let now_ms = TimestampMs(crate::clock::now_ms());
+        let cutoff = self
+            .events
+            .retention_cutoff(now_ms, bytes, ms)
+            .min(Offset(durable));
+        if cutoff <= self.events.start_offset() {
+            return;
+        }
+        match self.events.remove_segments_below(cutoff) {
+            Ok(report) if report.deleted_segments > 0 => {
+                tracing::info!(topic = %self.topic, segments = report.deleted_segments, bytes = report.deleted_bytes, "event log retention")
+            }
+            Ok(_) => {}
+            Err(e) => {
+                tracing::warn!(topic = %self.topic, error = %e, "event log retention failed; will retry")
+            }
+        }
     }
 
     /// A reader of the event log and the watch of its committed offset (listeners read below).
@@ -376,22 +636,27 @@ impl ProgramReplica {
                 return rejected(e);
             }
         };
+        let (config, schedule) = match split_config(&spec) {
+            Ok(split) => split,
+            Err(e) => return rejected(e),
+        };
         let result = match &mut self.state {
-            State::Running(program) => {
-                match program.upgrade(module, spec.config.clone(), reset_state, offset) {
-                    Ok(()) => Ok(()),
-                    Err(UpgradeError::Refused(e)) => Err(e.to_string()),
-                    Err(UpgradeError::Current(e)) => {
-                        let reason = e.to_string();
-                        self.halt(reason.clone());
-                        return rejected(reason);
-                    }
+            State::Running(program) => match program.upgrade(module, config, reset_state, offset) {
+                Ok(()) => {
+                    program.set_schedule(schedule);
+                    Ok(())
                 }
-            }
+                Err(UpgradeError::Refused(e)) => Err(e.to_string()),
+                Err(UpgradeError::Current(e)) => {
+                    let reason = e.to_string();
+                    self.halt(reason.clone());
+                    return rejected(reason);
+                }
+            },
             State::Halted(reason) if !reset_state => Err(format!(
                 "the program halted ({reason}); deploy with reset_state to start over"
             )),
-            State::Halted(_) => self.fresh(module, &spec),
+            State::Halted(_) => self.fresh(module, config, schedule),
         };
         match result {
             Ok(()) => {
@@ -416,15 +681,14 @@ impl ProgramReplica {
         }
     }
 
-    fn fresh(&mut self, module: ProgramModule, spec: &ProgramSpec) -> Result<(), String> {
-        let program = Program::start(
-            self.runtime.clone(),
-            module,
-            spec.config.clone(),
-            self.schedule,
-            None,
-        )
-        .map_err(|e| e.to_string())?;
+    fn fresh(
+        &mut self,
+        module: ProgramModule,
+        config: Vec<(String, String)>,
+        schedule: CheckpointSchedule,
+    ) -> Result<(), String> {
+        let program = Program::start(self.runtime.clone(), module, config, schedule, None)
+            .map_err(|e| e.to_string())?;
         self.state = State::Running(Box::new(program));
         Ok(())
     }
@@ -464,6 +728,13 @@ impl ProgramReplica {
             Ok(()) => {
                 self.saved = checkpoint.after_offset;
                 self.saved_at = Some(Instant::now());
+                self.newest_saved = Some(Saved {
+                    checkpoint: checkpoint.clone(),
+                    book: self.checkpoint_book.clone(),
+                });
+                if self.candidate.is_none() {
+                    self.candidate = self.newest_saved.clone();
+                }
             }
             Err(e) => {
                 tracing::warn!(topic = %self.topic, error = %e, "saving a program snapshot failed; will retry")
@@ -495,12 +766,32 @@ impl ProgramReplica {
             deployed_at_offset: self.book.deployed_at.map(Offset),
             applied_offset: self.applied_through.map(Offset),
             next_event_offset: self.events.next_offset(),
+            first_event_offset: self.events.start_offset(),
             snapshot_offset: self.saved.map(Offset),
             state_hash,
             inputs_accepted: self.book.inputs_accepted,
             inputs_rejected: self.book.inputs_rejected,
             failure,
         }
+    }
+}
+
+/// Starts the program of `spec` (fresh, or from `checkpoint`), or the reason it cannot run.
+fn start_program(
+    runtime: &Arc<Runtime>,
+    spec: &ProgramSpec,
+    checkpoint: Option<Checkpoint>,
+) -> State {
+    let (config, schedule) = match split_config(spec) {
+        Ok(split) => split,
+        Err(e) => return State::Halted(e),
+    };
+    match runtime.load(&spec.module) {
+        Ok(module) => match Program::start(runtime.clone(), module, config, schedule, checkpoint) {
+            Ok(program) => State::Running(Box::new(program)),
+            Err(e) => State::Halted(e.to_string()),
+        },
+        Err(e) => State::Halted(format!("module refused: {e}")),
     }
 }
 
@@ -550,6 +841,7 @@ fn read_spec(dir: &Path, id: &[u8; 32]) -> Result<ProgramSpec, String> {
 
 /// Validates a module for upload (create or deploy) with the process's runtime.
 pub(crate) fn validate(spec: &ProgramSpec) -> Result<(), String> {
+    split_config(spec)?;
     let runtime = runtime()?;
     runtime
         .load(&spec.module)

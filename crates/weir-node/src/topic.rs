@@ -12,7 +12,7 @@
 use crate::catalog::TopicEntry;
 use crate::config::NodeConfig;
 use crate::group::{
-    Decided, GroupConfig, GroupHandle, GroupStatus, OnApply, ProposalError, Transport,
+    Applied, Decided, GroupConfig, GroupHandle, GroupStatus, ProposalError, StateMachine, Transport,
 };
 use crate::group_store::GroupStore;
 use crate::peer::GroupId;
@@ -26,7 +26,7 @@ use weir_proto::{
     ProgramOutcome, ProgramSpec, RaftStatus, Reply, RequestId, ServerFrame, TimestampMs,
     TopicConfig, TopicStatus,
 };
-use weir_raft::{Entry, LogStore, Membership, NodeId, Payload, ProposeError, Role};
+use weir_raft::{Entry, LogIndex, LogStore, Membership, NodeId, Payload, ProposeError, Role};
 use weir_storage::{LogConfig, LogReader};
 
 /// Where the reply to one PUT goes: the stream that sent it. Holding the permit bounds the PUTs
@@ -104,6 +104,48 @@ struct OpenTopic {
     committed: watch::Receiver<Offset>,
     /// A programmable topic's program, event log and snapshots (shared with the apply path).
     program: Option<Arc<Mutex<ProgramReplica>>>,
+    /// A programmable topic's event log reader and committed watch, taken once: the program's
+    /// lock is held while it runs (or compiles a new module), so status and listeners must
+    /// not wait for it. Both stay valid across the event log's resets.
+    events: Option<(LogReader, watch::Receiver<Offset>)>,
+}
+
+/// A topic replica's state machine: the committed watch, and the program if it has one.
+struct TopicMachine {
+    program: Option<Arc<Mutex<ProgramReplica>>>,
+    committed_tx: watch::Sender<Offset>,
+}
+
+impl StateMachine for TopicMachine {
+    fn apply(&mut self, entries: &[Entry]) -> Applied {
+        let applied = match &self.program {
+            Some(replica) => lock(replica).apply(entries),
+            None => Vec::new(),
+        };
+        if let Some(last) = entries.last() {
+            // Entry i is at offset i - 1: everything below offset i is committed.
+            self.committed_tx.send_replace(Offset(last.index.0));
+        }
+        applied
+    }
+
+    fn compaction(&mut self, upto: LogIndex) -> Option<(LogIndex, Vec<u8>)> {
+        match &self.program {
+            Some(replica) => lock(replica).compaction(upto),
+            // A plain topic's state is its log: retention compacts with an empty snapshot.
+            None => Some((upto, Vec::new())),
+        }
+    }
+
+    fn restore(&mut self, snapshot: &weir_raft::Snapshot) -> Result<(), String> {
+        if let Some(replica) = &self.program {
+            lock(replica).restore(&snapshot.data)?;
+        }
+        // Everything through the snapshot is committed.
+        self.committed_tx
+            .send_replace(Offset(snapshot.meta.last_index.0));
+        Ok(())
+    }
 }
 
 /// What listeners of a topic read: the input log itself (plain topics) or the event log
@@ -175,24 +217,39 @@ impl Topic {
         let program = match &entry.config.program {
             Some(spec) => {
                 let segment_bytes = log_config(&env.node, &entry.config).segment_bytes_max;
-                let replica = ProgramReplica::open(name, dir, spec, segment_bytes)
-                    .map_err(|e| format!("topic program: {e}"))?;
+                let events_retention = retention(&env.node, &entry.config)
+                    .map(|r| program::EventRetention {
+                        bytes: r.bytes,
+                        ms: r.ms,
+                    })
+                    .unwrap_or_default();
+                let replica =
+                    ProgramReplica::open(name, dir, spec, segment_bytes, events_retention)
+                        .map_err(|e| format!("topic program: {e}"))?;
                 Some(Arc::new(Mutex::new(replica)))
             }
             None => None,
         };
-        let applier = program.clone();
-        let on_apply: OnApply = Box::new(move |entries: &[Entry]| {
-            let applied = match &applier {
-                Some(replica) => lock(replica).apply(entries),
-                None => Vec::new(),
-            };
-            if let Some(last) = entries.last() {
-                // Entry i is at offset i - 1: everything below offset i is committed.
-                committed_tx.send_replace(Offset(last.index.0));
+        if let Some(replica) = &program {
+            let mut replica = lock(replica);
+            // The program must hold every input the compacted log no longer has: if its own
+            // snapshots do not reach that far (the newest was corrupt), the compaction's
+            // snapshot (which carries the program's state) does.
+            let covered = replica.applied_through().map_or(0, |done| done + 1);
+            if covered < snapshot_index {
+                let data = store.snapshot().map(|s| s.data).unwrap_or_default();
+                replica.restore(&data).map_err(|e| {
+                    format!(
+                        "topic program: the input log is compacted through offset {} but the program's state is not: {e}",
+                        snapshot_index - 1
+                    )
+                })?;
             }
-            applied
-        });
+        }
+        let machine = TopicMachine {
+            program: program.clone(),
+            committed_tx,
+        };
         let me = env.node.node_id;
         let initial = if entry.founders.contains(&me.0) {
             Membership::with_voters(entry.founders.iter().map(|&id| NodeId(id)))
@@ -205,17 +262,26 @@ impl Topic {
             initial,
             stamp_timestamps: true,
             fsync: env.node.fsync,
-            // Not for programmable topics yet: compacting their input log needs the program's
-            // snapshot in the Raft snapshot, for followers that fall behind it.
-            retention: retention(&env.node, &entry.config).filter(|_| program.is_none()),
+            retention: match &program {
+                // A programmable topic's retention is its event log's; its input log goes
+                // below the program's snapshots (whole segments, see `program`).
+                Some(_) => Some(crate::group::Retention {
+                    bytes: Some(0),
+                    ms: None,
+                    check_interval_ms: env.node.retention_check_interval_ms,
+                }),
+                None => retention(&env.node, &entry.config),
+            },
         };
-        let handle = GroupHandle::start(config, store, env.transport.clone(), on_apply)
+        let handle = GroupHandle::start(config, store, env.transport.clone(), machine)
             .map_err(|e| format!("cannot start the group thread: {e}"))?;
+        let events = program.as_ref().map(|p| lock(p).events());
         Ok(OpenTopic {
             handle,
             reader,
             committed: committed_rx,
             program,
+            events,
         })
     }
 
@@ -271,15 +337,12 @@ impl Topic {
     /// committed), or for a programmable topic its event log.
     pub fn reader(&self) -> Result<TopicReader, ErrorReply> {
         let o = self.open_state()?;
-        Ok(match &o.program {
-            Some(program) => {
-                let (reader, committed) = lock(program).events();
-                TopicReader {
-                    reader,
-                    committed,
-                    events: true,
-                }
-            }
+        Ok(match &o.events {
+            Some((reader, committed)) => TopicReader {
+                reader: reader.clone(),
+                committed: committed.clone(),
+                events: true,
+            },
             None => TopicReader {
                 reader: o.reader.clone(),
                 committed: o.committed.clone(),
@@ -376,7 +439,13 @@ impl Topic {
         match &self.state {
             TopicState::Open(o) => {
                 let s = o.handle.status();
+                let (read_start_offset, read_end_offset) = match &o.events {
+                    Some((reader, committed)) => (reader.start_offset(), *committed.borrow()),
+                    None => (o.reader.start_offset(), *o.committed.borrow()),
+                };
                 TopicStatus {
+                    read_start_offset,
+                    read_end_offset,
                     name: self.name.clone(),
                     start_offset: o.reader.start_offset(),
                     next_offset: Offset(s.last_index.0),
@@ -402,6 +471,8 @@ impl Topic {
                 appends: 0,
                 failure: Some(reason.clone()),
                 raft: None,
+                read_start_offset: Offset::ZERO,
+                read_end_offset: Offset::ZERO,
             },
         }
     }

@@ -194,6 +194,9 @@ pub struct ProgramInfo {
     pub applied_offset: Option<Offset>,
     /// Next offset of the event log.
     pub next_event_offset: Offset,
+    /// Oldest event this replica holds (retention, or a snapshot installed from the leader,
+    /// let the ones below it go).
+    pub first_event_offset: Offset,
     /// Last input offset of the newest durable snapshot.
     pub snapshot_offset: Option<Offset>,
     /// SHA-256 of the program's state now, hex: equal on every replica at the same offset.
@@ -335,6 +338,11 @@ pub struct TopicStatus {
     pub failure: Option<String>,
     /// The topic's Raft group on this node.
     pub raft: Option<RaftStatus>,
+    /// What listeners read on this node: offsets in `[read_start_offset, read_end_offset)`.
+    /// The topic's log for a plain topic (= `start_offset`, `committed_offset`); the event
+    /// log for a programmable topic (its offsets are event offsets, not input offsets).
+    pub read_start_offset: Offset,
+    pub read_end_offset: Offset,
 }
 
 /// One Raft group as one of its replicas sees it. Indexes are Raft log indexes: the entry at

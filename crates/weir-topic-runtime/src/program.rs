@@ -587,6 +587,13 @@ impl Program {
         copy.take_snapshot().map_err(ProgramError::Snapshot)
     }
 
+    /// Replaces the checkpoint schedule (it counts from the last checkpoint). Like the
+    /// schedule given to `start`, it must change at the same input on every replica: call it
+    /// at a point of the input log they agree on (an upgrade).
+    pub fn set_schedule(&mut self, schedule: CheckpointSchedule) {
+        self.schedule = schedule;
+    }
+
     /// Switches to `module` at `at_offset` (a point of the input log every replica agrees on):
     /// the new program receives the current state, or starts fresh with `reset_state`. If the
     /// new program refuses the state, the current one continues, and the error says why; the
