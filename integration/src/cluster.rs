@@ -184,6 +184,10 @@ impl LocalCluster {
         let mut ticker = tokio::time::interval(Duration::from_millis(50));
         loop {
             ticker.tick().await;
+            // A deposed leader may still call itself one until it hears of the newer term: only
+            // a leader of the newest term any answering replica knows counts.
+            let mut newest_term = 0;
+            let mut leaders = Vec::new();
             for (&id, _) in self.nodes.iter().filter(|(id, _)| Some(**id) != not) {
                 let Ok(client) = self.client_of(id).await else {
                     continue;
@@ -191,16 +195,21 @@ impl LocalCluster {
                 let status = client.status().await;
                 client.close().await;
                 let Ok(status) = status else { continue };
-                let leader = status
+                let Some(raft) = status
                     .topics
                     .iter()
                     .find(|t| t.name == topic)
                     .and_then(|t| t.raft.as_ref())
-                    .filter(|r| r.role == "leader")
-                    .map(|_| id);
-                if let Some(leader) = leader {
-                    return Ok(leader);
+                else {
+                    continue;
+                };
+                newest_term = newest_term.max(raft.term);
+                if raft.role == "leader" {
+                    leaders.push((raft.term, id));
                 }
+            }
+            if let Some(&(_, leader)) = leaders.iter().find(|(term, _)| *term == newest_term) {
+                return Ok(leader);
             }
             if tokio::time::Instant::now() > deadline {
                 bail!("no leader for {topic:?} within {SETTLE_TIMEOUT:?}");
