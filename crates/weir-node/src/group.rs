@@ -3,14 +3,23 @@
 //!
 //! ```text
 //! deliver / propose / stop ──► std mpsc ──► group thread ──► Raft<GroupStore>
-//!                                              │ outputs, in queue order:
-//!                                              │  PersistHardState → store.set_hard_state (durable)
-//!                                              │  PersistEntries   → store.append (written)
-//!                                              │  Send             → Transport::send (best effort)
-//!                                              │  Apply            → on_apply, proposals answered
-//!                                              │  PersistSnapshot  → store.install_snapshot
-//!                                              └─ end of round: ONE store.sync() → handle_persisted
+//!                                 ▲            │ outputs, in queue order:
+//!                                 │            │  PersistHardState → store.set_hard_state (durable)
+//!                                 │            │  PersistEntries   → store.append (written)
+//!                                 │            │  Send             → Transport::send (best effort)
+//!                                 │            │  Apply            → applier thread (queued)
+//!                                 │            │  PersistSnapshot  → applier: restore (waited for),
+//!                                 │            │                     then store.install_snapshot
+//!                                 │            └─ end of round: ONE store.sync() → handle_persisted
+//!          Applied / Compaction ──┴── applier thread ──► StateMachine (apply, compaction, restore)
 //! ```
+//!
+//! The state machine runs on its own thread (the *applier*), so a slow apply (a topic program
+//! compiling a module or burning its fuel) never delays heartbeats, votes or appends: Raft keeps
+//! its leader while the machine catches up. The core hands out at most
+//! [`weir_raft::APPLY_INFLIGHT_MAX`] entries ahead of `handle_applied`, which bounds the queue.
+//! The applier answers with an `Applied` input carrying the machine's outcomes; the group
+//! thread then answers the proposals and reports `handle_applied`.
 //!
 //! One round: wait for an input until the core's next timeout (`recv_timeout`), take up to
 //! [`GROUP_INPUT_BATCH_MAX`] more queued inputs without blocking, executing each one's outputs
@@ -131,7 +140,8 @@ pub enum ProposalError {
 pub type ProposalReply = Box<dyn FnOnce(Result<Decided, ProposalError>) + Send>;
 /// The state machine: committed entries, in order, each once (all payload kinds). It returns
 /// what it has to say about some of them (by index, ascending), which goes into the `Decided`
-/// of their proposals: they are answered right after, on the same thread.
+/// of their proposals: they are answered right after, from the group thread. It runs on the
+/// group's applier thread.
 pub type OnApply = Box<dyn FnMut(&[Entry]) -> Applied + Send>;
 
 /// What a group applies its committed entries to, and what its snapshots hold.
@@ -207,6 +217,62 @@ enum Input {
     ProposeMembership(MembershipChange, ReplyOnce),
     Transfer(NodeId),
     Stop,
+    /// From the applier: these entries (index, term) are applied, with the machine's outcomes.
+    Applied {
+        entries: Vec<(LogIndex, Term)>,
+        outcomes: Applied,
+    },
+    /// From the applier: the machine's answer to `Job::Compaction(upto)`.
+    Compaction {
+        upto: LogIndex,
+        offer: Option<(LogIndex, Vec<u8>)>,
+    },
+}
+
+/// Work for the applier thread, done in order.
+enum Job {
+    Apply(Vec<Entry>),
+    Compaction(LogIndex),
+    /// Restores the machine from the snapshot and hands the snapshot back with the result.
+    Restore(
+        weir_raft::Snapshot,
+        mpsc::SyncSender<(weir_raft::Snapshot, Result<(), String>)>,
+    ),
+    Stop,
+}
+
+/// The applier thread: runs the state machine on the jobs the group thread queues, in order,
+/// and reports back through the group's input queue.
+fn run_applier(
+    mut machine: Box<dyn StateMachine>,
+    jobs: mpsc::Receiver<Job>,
+    results: mpsc::Sender<Input>,
+) {
+    while let Ok(job) = jobs.recv() {
+        let report = match job {
+            Job::Apply(entries) => {
+                let outcomes = machine.apply(&entries);
+                Input::Applied {
+                    entries: entries.iter().map(|e| (e.index, e.term)).collect(),
+                    outcomes,
+                }
+            }
+            Job::Compaction(upto) => Input::Compaction {
+                upto,
+                offer: machine.compaction(upto),
+            },
+            Job::Restore(snapshot, reply) => {
+                let result = machine.restore(&snapshot);
+                // The group thread waits for this answer; if it is gone, so is the group.
+                let _ = reply.send((snapshot, result));
+                continue;
+            }
+            Job::Stop => break,
+        };
+        if results.send(report).is_err() {
+            break; // the group thread has exited
+        }
+    }
 }
 
 /// A proposal's reply, answered exactly once: dropped unanswered (the group stopped with it
@@ -239,6 +305,16 @@ struct Inner {
     tx: mpsc::Sender<Input>,
     shared: Arc<Shared>,
     thread: Mutex<Option<JoinHandle<()>>>,
+    /// The applier's thread: a `stop` from the state machine must not wait for the group.
+    applier: std::thread::ThreadId,
+}
+
+impl Drop for Inner {
+    /// The applier holds a sender of the input queue too, so the group thread cannot learn
+    /// from a disconnected queue that every handle is gone: it is told.
+    fn drop(&mut self) {
+        let _ = self.tx.send(Input::Stop);
+    }
 }
 
 /// A running group. Cheap to clone; every clone talks to the same thread.
@@ -274,6 +350,13 @@ impl GroupHandle {
             changed: Condvar::new(),
         });
         let (tx, rx) = mpsc::channel();
+        let (jobs, jobs_rx) = mpsc::channel();
+        let machine: Box<dyn StateMachine> = Box::new(machine);
+        let results = tx.clone();
+        let applier = std::thread::Builder::new()
+            .name(format!("weir-apply-{group}"))
+            .spawn(move || run_applier(machine, jobs_rx, results))?;
+        let applier_id = applier.thread().id();
         let runner = Runner {
             group,
             id,
@@ -281,7 +364,9 @@ impl GroupHandle {
             raft,
             rx,
             transport,
-            machine: Box::new(machine),
+            jobs,
+            applier: Some(applier),
+            compaction_asked: false,
             shared: shared.clone(),
             pending: BTreeMap::new(),
             stamp_timestamps: config.stamp_timestamps,
@@ -294,6 +379,7 @@ impl GroupHandle {
             syncs: 0,
             failure: None,
         };
+        // If this fails, the runner drops: its job queue closes and the applier exits.
         let thread = std::thread::Builder::new()
             .name(format!("weir-group-{group}"))
             .spawn(move || runner.run())?;
@@ -303,6 +389,7 @@ impl GroupHandle {
                 tx,
                 shared,
                 thread: Mutex::new(Some(thread)),
+                applier: applier_id,
             }),
         })
     }
@@ -378,8 +465,11 @@ impl GroupHandle {
         let _ = self.inner.tx.send(Input::Stop);
         let thread = lock(&self.inner.thread).take();
         if let Some(t) = thread {
-            if t.thread().id() == std::thread::current().id() {
-                return; // called from on_apply or a reply: the thread exits after this round
+            let current = std::thread::current().id();
+            if t.thread().id() == current || self.inner.applier == current {
+                // Called from a reply or the state machine: the group thread exits after this
+                // round, the applier after this job.
+                return;
             }
             if t.join().is_err() {
                 tracing::error!(group = %self.inner.group, "group thread panicked");
@@ -438,7 +528,11 @@ struct Runner {
     raft: Raft<GroupStore>,
     rx: mpsc::Receiver<Input>,
     transport: Arc<dyn Transport>,
-    machine: Box<dyn StateMachine>,
+    /// The applier's queue and thread (`None` once joined).
+    jobs: mpsc::Sender<Job>,
+    applier: Option<JoinHandle<()>>,
+    /// A `Job::Compaction` is out: retention waits for its answer before asking again.
+    compaction_asked: bool,
     shared: Arc<Shared>,
     /// Proposals by index: (term, stamped timestamp, reply).
     pending: BTreeMap<LogIndex, (Term, TimestampMs, ReplyOnce)>,
@@ -522,8 +616,54 @@ impl Runner {
                     self.drain();
                 }
             }
+            Input::Applied { entries, outcomes } => self.applied(&entries, outcomes),
+            Input::Compaction { upto, offer } => {
+                self.compaction_asked = false;
+                self.compact(upto, offer);
+            }
         }
         false
+    }
+
+    /// The applier applied `entries` (contiguous, ascending): answers their proposals and
+    /// tells the core. Entries a snapshot installed since covered are answered already, and
+    /// the core ignores an applied index below the one it has.
+    fn applied(&mut self, entries: &[(LogIndex, Term)], outcomes: Applied) {
+        let Some(&(last, _)) = entries.last() else {
+            return;
+        };
+        self.answer_applied(entries, outcomes);
+        if self.failure.is_none() {
+            let now = self.now();
+            self.raft.handle_applied(now, last);
+            self.drain();
+        }
+    }
+
+    /// Answers the proposals of applied `entries` with the machine's outcomes.
+    fn answer_applied(&mut self, entries: &[(LogIndex, Term)], outcomes: Applied) {
+        let mut outcomes = outcomes.into_iter().peekable();
+        for &(index, term) in entries {
+            let mut program = None;
+            while let Some((at, _)) = outcomes.peek() {
+                if *at > index {
+                    break;
+                }
+                let (at, outcome) = outcomes.next().expect("peeked");
+                if at == index {
+                    program = Some(outcome);
+                }
+            }
+            self.decide(index, term, program);
+        }
+    }
+
+    /// Queues work for the applier; if it is gone (its state machine panicked), the group
+    /// cannot go on.
+    fn queue_for_applier(&mut self, job: Job) {
+        if self.jobs.send(job).is_err() {
+            self.fail("the state machine's thread exited".to_owned());
+        }
     }
 
     fn propose(&mut self, proposal: Proposal, reply: ReplyOnce) {
@@ -598,33 +738,29 @@ impl Runner {
                 },
                 Output::Send(envelope) => self.transport.send(self.group, envelope),
                 Output::Apply(entries) => {
-                    let Some(last) = entries.last().map(|e| e.index) else {
-                        continue;
-                    };
-                    let mut applied = self.machine.apply(&entries).into_iter().peekable();
-                    for entry in &entries {
-                        let mut program = None;
-                        while let Some((index, _)) = applied.peek() {
-                            if *index > entry.index {
-                                break;
-                            }
-                            let (index, outcome) = applied.next().expect("peeked");
-                            if index == entry.index {
-                                program = Some(outcome);
-                            }
-                        }
-                        self.decide(entry.index, entry.term, program);
+                    if !entries.is_empty() {
+                        self.queue_for_applier(Job::Apply(entries));
                     }
-                    self.raft.handle_applied(now, last);
                 }
                 Output::PersistSnapshot(snapshot) => {
                     let meta = snapshot.meta.clone();
                     // The state machine first: a crash between leaves it ahead of the old log
                     // (re-applying skips what it holds) and the leader sends the snapshot again.
-                    if let Err(e) = self.machine.restore(&snapshot) {
-                        self.fail(format!("restoring the state machine from a snapshot: {e}"));
-                        continue;
-                    }
+                    // The applier restores after the applies queued before; waited for here,
+                    // since the log must not move on before the machine holds the snapshot.
+                    let (reply, answer) = mpsc::sync_channel(1);
+                    self.queue_for_applier(Job::Restore(snapshot, reply));
+                    let snapshot = match answer.recv() {
+                        Ok((snapshot, Ok(()))) => snapshot,
+                        Ok((_, Err(e))) => {
+                            self.fail(format!("restoring the state machine from a snapshot: {e}"));
+                            continue;
+                        }
+                        Err(_) => {
+                            self.fail("the state machine's thread exited".to_owned());
+                            continue;
+                        }
+                    };
                     match self.raft.store_mut().install_snapshot(snapshot) {
                         Ok(()) => {
                             tracing::info!(last_index = %meta.last_index, "snapshot installed");
@@ -728,14 +864,15 @@ impl Runner {
         self.publish(false);
     }
 
-    /// Compacts the log up to what retention lets go (never beyond the applied index) and the
-    /// state machine can cover, with the state machine's snapshot data. Followers behind it get
-    /// that snapshot and restart their log after it.
+    /// Asks the state machine (on the applier) what it can cover of what retention lets go,
+    /// never beyond the applied index; [`Self::compact`] takes its answer. Followers behind the
+    /// compacted log get that snapshot and restart their log after it.
     fn maybe_apply_retention(&mut self) {
         let Some(retention) = self.retention else {
             return;
         };
         if self.failure.is_some()
+            || self.compaction_asked
             || self.last_retention.elapsed() < Duration::from_millis(retention.check_interval_ms)
         {
             return;
@@ -747,16 +884,25 @@ impl Runner {
             .store()
             .retention_cutoff(now_ms, retention.bytes, retention.ms);
         let applied = self.raft.status().applied_index;
-        let snapshot_index = self.raft.store().first_index().0 - 1;
-        let upto = cutoff.min(applied);
         // Asked even when retention lets nothing go: the state machine does its own upkeep.
-        let Some((index, data)) = self.machine.compaction(upto) else {
+        self.compaction_asked = true;
+        self.queue_for_applier(Job::Compaction(cutoff.min(applied)));
+    }
+
+    /// Compacts the log through the index the state machine offered for `upto`, with its
+    /// snapshot data (unless the log moved past it meanwhile).
+    fn compact(&mut self, upto: LogIndex, offer: Option<(LogIndex, Vec<u8>)>) {
+        let Some((index, data)) = offer else {
             return;
         };
+        if self.failure.is_some() {
+            return;
+        }
         if index > upto {
             tracing::warn!(%index, %upto, "state machine offered a snapshot beyond the retention cutoff; not compacting");
             return;
         }
+        let snapshot_index = self.raft.store().first_index().0 - 1;
         if index.0 <= snapshot_index {
             return;
         }
@@ -825,9 +971,20 @@ impl Runner {
         {
             tracing::error!(error = %e, "final sync failed");
         }
+        // The applier finishes what it was given; proposals it applied are answered.
+        let _ = self.jobs.send(Job::Stop);
+        if let Some(applier) = self.applier.take()
+            && applier.join().is_err()
+        {
+            tracing::error!("the state machine's thread panicked");
+        }
+        while let Ok(input) = self.rx.try_recv() {
+            if let Input::Applied { entries, outcomes } = input {
+                self.answer_applied(&entries, outcomes);
+            }
+        }
         // Pending and still-queued proposals answer `Stopped` as their replies drop.
         self.pending.clear();
-        while self.rx.try_recv().is_ok() {}
         self.publish(true);
         tracing::debug!(last_index = %self.raft.store().last_index(), "group stopped");
     }

@@ -423,3 +423,102 @@ fn a_proposal_pending_when_leadership_is_lost_is_kept_then_answered_stopped_on_s
         Err(ProposalError::Stopped)
     );
 }
+
+/// Holds back every state machine that applies a `block` entry until opened.
+#[derive(Default)]
+struct Gate {
+    open: Mutex<bool>,
+    changed: Condvar,
+}
+
+impl Gate {
+    fn machine(self: &Arc<Self>) -> OnApply {
+        let gate = self.clone();
+        Box::new(move |entries: &[Entry]| {
+            if entries
+                .iter()
+                .any(|e| e.payload == Payload::Normal(b"block".to_vec()))
+            {
+                let mut open = gate.open.lock().unwrap();
+                while !*open {
+                    open = gate.changed.wait(open).unwrap();
+                }
+            }
+            Vec::new()
+        })
+    }
+
+    fn open(&self) {
+        *self.open.lock().unwrap() = true;
+        self.changed.notify_all();
+    }
+}
+
+#[test]
+fn a_state_machine_that_blocks_neither_stops_replication_nor_costs_the_leader_its_term() {
+    let dirs: Vec<tempfile::TempDir> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let cluster = Arc::new(Cluster::default());
+    let gate = Arc::new(Gate::default());
+    for id in 1..=3u64 {
+        let transport: Arc<dyn Transport> = cluster.clone();
+        let handle = GroupHandle::start(
+            config(id, &[1, 2, 3]),
+            open_store(dirs[id as usize - 1].path()),
+            transport,
+            gate.machine(),
+        )
+        .unwrap();
+        cluster.nodes.lock().unwrap().insert(NodeId(id), handle);
+    }
+    let leader = cluster.leader();
+    let before = leader
+        .wait_for(WAIT, |s| {
+            s.role == Role::Leader && s.commit_index == s.last_index && s.commit_index.0 > 0
+        })
+        .expect("the leader's first entry committed");
+    let (tx, rx) = mpsc::channel();
+    leader.propose(b"block".to_vec(), reply_to(&tx, 0));
+
+    // Every replica's state machine is stuck on `block`, for three maximum election timeouts
+    // (300 ms): proposals still commit one after the other, none is answered (answers wait
+    // for the apply), and nobody starts an election.
+    let started = Instant::now();
+    let mut proposed = 1;
+    while started.elapsed() < Duration::from_millis(3 * 300) {
+        leader.propose(format!("p{proposed}").into_bytes(), reply_to(&tx, proposed));
+        let index = LogIndex(before.last_index.0 + 1 + proposed as u64);
+        proposed += 1;
+        let status = leader
+            .wait_for(WAIT, |s| s.commit_index >= index || s.role != Role::Leader)
+            .expect("committed while the state machines block");
+        assert_eq!(status.role, Role::Leader, "leadership lost: {status:?}");
+        assert!(rx.try_recv().is_err(), "answered before its apply");
+    }
+    for id in 1..=3 {
+        let status = cluster.handle(NodeId(id)).unwrap().status();
+        assert_eq!(
+            status.term, before.term,
+            "node {id} changed term: {status:?}"
+        );
+        assert!(status.applied_index <= before.last_index, "{status:?}");
+    }
+
+    // Opened: every proposal is answered, in this term, and applied everywhere.
+    gate.open();
+    let mut answered = vec![false; proposed];
+    for _ in 0..proposed {
+        let (i, r) = rx.recv_timeout(WAIT).expect("every proposal answered");
+        let (_, term) = r.expect("committed");
+        assert_eq!(term, before.term);
+        answered[i] = true;
+    }
+    assert!(answered.iter().all(|a| *a));
+    let last = LogIndex(before.last_index.0 + proposed as u64);
+    for id in 1..=3 {
+        let handle = cluster.handle(NodeId(id)).unwrap();
+        handle
+            .wait_for(WAIT, |s| s.applied_index >= last)
+            .expect("every replica applies everything once unblocked");
+        handle.stop();
+    }
+}
