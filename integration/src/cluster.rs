@@ -113,6 +113,14 @@ impl LocalCluster {
         self.addrs[(id - 1) as usize]
     }
 
+    /// (node id, process id) of every running node.
+    pub fn pids(&self) -> Vec<(u64, u32)> {
+        self.nodes
+            .iter()
+            .filter_map(|(&id, node)| Some((id, node.pid()?)))
+            .collect()
+    }
+
     pub fn is_running(&self, id: u64) -> bool {
         self.nodes.contains_key(&id)
     }

@@ -6,6 +6,7 @@
 
 pub mod cluster;
 pub mod history;
+pub mod perf;
 pub mod proxy;
 pub mod workload;
 
@@ -30,10 +31,14 @@ pub fn weir_bin() -> Result<PathBuf> {
         return Ok(PathBuf::from(p));
     }
     let exe = std::env::current_exe()?;
-    // target/<profile>/deps/<test> → target/<profile>/weir
-    let profile_dir = exe
+    // A test: target/<profile>/deps/<test> → target/<profile>/weir. A binary of this package
+    // (perf-write): target/<profile>/perf-write → target/<profile>/weir.
+    let beside = exe.parent().context("unexpected executable location")?;
+    if beside.join("weir").is_file() {
+        return Ok(beside.join("weir"));
+    }
+    let profile_dir = beside
         .parent()
-        .and_then(Path::parent)
         .context("unexpected test executable location")?;
     let bin = profile_dir.join("weir");
     if !bin.is_file() {
@@ -95,6 +100,11 @@ impl NodeProcess {
             addr,
             data_dir: data_dir.to_path_buf(),
         })
+    }
+
+    /// The process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.id()
     }
 
     /// The cluster CA the node created in its data directory.

@@ -10,7 +10,7 @@ use std::process::Command;
 use std::sync::OnceLock;
 
 /// The examples, by crate name.
-pub const EXAMPLES: &[&str] = &["counter", "validator", "dedupe", "window-sum"];
+pub const EXAMPLES: &[&str] = &["counter", "validator", "dedupe", "window-sum", "nothing"];
 /// Test fixtures: `hostile` misbehaves on purpose, `counter-v2` is an upgrade of `counter`.
 pub const FIXTURES: &[&str] = &["hostile", "counter-v2"];
 

@@ -6,7 +6,7 @@ use crate::truncate::{RESET_MARKER_FILE_NAME, encode_reset_marker};
 use crate::{LogError, ReadError, RetentionReport};
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::thread;
 use tempfile::tempdir;
 
@@ -468,10 +468,13 @@ fn reader_thread_racing_resets_gets_old_or_new_records_never_a_mix() {
     append_with(&mut log, 0, 40, fixed);
     let reader = log.reader();
     let done = Arc::new(AtomicBool::new(false));
+    // Reads that returned records; the writer waits for one more before each reset, so every
+    // round races at least one read (a loaded machine might otherwise run all rounds first).
+    let reads = Arc::new(AtomicU64::new(0));
     let reading = {
         let done = Arc::clone(&done);
+        let reads = Arc::clone(&reads);
         thread::spawn(move || {
-            let mut reads = 0u64;
             while !done.load(Ordering::Relaxed) {
                 for from in [8, 20] {
                     match reader.read(Offset(from), usize::MAX, 100) {
@@ -486,17 +489,21 @@ fn reader_thread_racing_resets_gets_old_or_new_records_never_a_mix() {
                             };
                             let to = from + records.len() as u64;
                             assert_made_by(&records, from, to, make);
-                            reads += 1;
+                            reads.fetch_add(1, Ordering::Relaxed);
                         }
                         Err(ReadError::OutOfRange { .. }) => {}
                         Err(e) => panic!("read from {from}: {e}"),
                     }
                 }
             }
-            reads
         })
     };
     for round in 0..30 {
+        let before = reads.load(Ordering::Relaxed);
+        while reads.load(Ordering::Relaxed) == before {
+            assert!(!reading.is_finished(), "the reader thread died");
+            thread::yield_now();
+        }
         // Alternately: the new log over the old offsets, then the old one back.
         let (base, make): (u64, fn(u64) -> Vec<u8>) = if round % 2 == 0 {
             (8, renewed)
@@ -507,6 +514,6 @@ fn reader_thread_racing_resets_gets_old_or_new_records_never_a_mix() {
         append_with(&mut log, base, 40, make);
     }
     done.store(true, Ordering::Relaxed);
-    let reads = reading.join().unwrap();
-    assert!(reads > 0);
+    reading.join().unwrap();
+    assert!(reads.load(Ordering::Relaxed) >= 30);
 }
