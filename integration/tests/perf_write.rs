@@ -139,3 +139,22 @@ fn options_outside_the_limits_are_refused() {
     assert!(Options::default().validate().is_ok());
     assert_eq!(Options::default().cells().len(), 4 * 3 * 3 * 3 * 2);
 }
+
+/// Five clients with every PUT in flight at once, past the per-topic pending limit of the node
+/// (4,096) and the Raft group's (8,192): the excess waits for room (backpressure) instead of
+/// being refused `Busy`, and everything commits exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipelined_clients_past_the_pending_limits_are_paced_not_refused() -> anyhow::Result<()> {
+    let options = Options::default();
+    let cell = perf::Cell {
+        variant: perf::Variant::Plain,
+        mode: perf::Mode::Pipelined,
+        nodes: 3,
+        clients: 5,
+        messages: 4_000,
+    };
+    let result = perf::run_cell(&options, cell).await?;
+    assert!(result.verification.is_ok(), "{}", result.verification);
+    assert_eq!(result.verification.entries, 20_000);
+    Ok(())
+}

@@ -234,8 +234,10 @@ async fn dispatch(
                 id,
                 tx: tx.clone(),
                 permit: Some(permit),
+                admitted: None,
             };
-            put_request(ctx, put, reply_to);
+            // Awaited, so this stream's PUTs are proposed in the order they came.
+            put_request(ctx, put, reply_to).await;
         }
         Request::Hello {
             protocol_version, ..
@@ -305,6 +307,7 @@ async fn dispatch(
                 id,
                 tx: tx.clone(),
                 permit: None,
+                admitted: None,
             };
             match ctx.cluster.topic_or_redirect(&topic) {
                 Ok(t) => t.deploy(program, reset_state, reply_to),
@@ -355,7 +358,7 @@ fn peer_statuses(ctx: &Ctx) -> Vec<PeerStatus> {
         .collect()
 }
 
-fn put_request(ctx: &Ctx, put: Put, reply_to: ReplyTo) {
+async fn put_request(ctx: &Ctx, put: Put, mut reply_to: ReplyTo) {
     let key_bytes = put.key.as_ref().map_or(0, Vec::len);
     if key_bytes > ctx.max_key_bytes {
         return reply_to.send(Reply::Error(ErrorReply::new(
@@ -380,6 +383,11 @@ fn put_request(ctx: &Ctx, put: Put, reply_to: ReplyTo) {
         Ok(t) => t,
         Err(e) => return reply_to.send(Reply::Error(e)),
     };
+    // Waiting for room is the backpressure: this stream is not read meanwhile.
+    match topic.admit().await {
+        Ok(permit) => reply_to.admitted = Some(permit),
+        Err(e) => return reply_to.send(Reply::Error(e)),
+    }
     let mut entry = Vec::with_capacity(put.value.len() + key_bytes + 32);
     if let Err(e) = encode_entry(
         put.producer_id,

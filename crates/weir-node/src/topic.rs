@@ -12,7 +12,8 @@
 use crate::catalog::TopicEntry;
 use crate::config::NodeConfig;
 use crate::group::{
-    Applied, Decided, GroupConfig, GroupHandle, GroupStatus, ProposalError, StateMachine, Transport,
+    Applied, Decided, GroupConfig, GroupHandle, GroupStatus, PROPOSALS_PENDING_MAX, ProposalError,
+    StateMachine, Transport,
 };
 use crate::group_store::GroupStore;
 use crate::peer::GroupId;
@@ -20,7 +21,8 @@ use crate::program::{self, ProgramReplica};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
-use tokio::sync::{OwnedSemaphorePermit, mpsc, watch};
+use std::time::Duration;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
 use weir_proto::{
     Committed, ErrorCode, ErrorReply, FollowerStatus, LeaderHint, Offset, ProgramInfo,
     ProgramOutcome, ProgramSpec, RaftStatus, Reply, RequestId, ServerFrame, TimestampMs,
@@ -29,13 +31,23 @@ use weir_proto::{
 use weir_raft::{Entry, LogIndex, LogStore, Membership, NodeId, Payload, ProposeError, Role};
 use weir_storage::{LogConfig, LogReader};
 
-/// Where the reply to one PUT goes: the stream that sent it. Holding the permit bounds the PUTs
-/// in flight per stream; it is released when the reply is handed over.
+/// Most PUTs of one topic replica waiting for their commit. Further PUTs wait for room (their
+/// stream is not read meanwhile: backpressure on the producer, as a full Kafka producer buffer
+/// blocks `send`) rather than being refused; half the group's proposal limit, so a deploy or a
+/// membership change always finds room.
+pub const PUTS_PENDING_PER_TOPIC_MAX: usize = PROPOSALS_PENDING_MAX / 2;
+/// Longest a PUT waits for room before it is answered `Busy` (retryable: nothing was written).
+pub const PUT_ADMISSION_WAIT_MS_MAX: u64 = 10_000;
+
+/// Where the reply to one PUT goes: the stream that sent it. Holding the permits bounds the PUTs
+/// in flight per stream and per topic; they are released when the reply is handed over.
 #[derive(Debug)]
 pub(crate) struct ReplyTo {
     pub id: RequestId,
     pub tx: mpsc::UnboundedSender<ServerFrame>,
     pub permit: Option<OwnedSemaphorePermit>,
+    /// The topic's admission permit ([`Topic::admit`]).
+    pub admitted: Option<OwnedSemaphorePermit>,
 }
 
 impl ReplyTo {
@@ -43,6 +55,7 @@ impl ReplyTo {
         // The stream may be gone (client left): then nobody waits for this reply.
         let _ = self.tx.send(ServerFrame { id: self.id, reply });
         drop(self.permit);
+        drop(self.admitted);
     }
 }
 
@@ -81,6 +94,8 @@ pub(crate) struct Topic {
     pub dir: PathBuf,
     directory: Directory,
     state: TopicState,
+    /// [`PUTS_PENDING_PER_TOPIC_MAX`] permits, one per PUT waiting for its commit.
+    admission: Arc<Semaphore>,
 }
 
 impl std::fmt::Debug for Topic {
@@ -198,6 +213,7 @@ impl Topic {
             dir,
             directory: env.directory.clone(),
             state,
+            admission: Arc::new(Semaphore::new(PUTS_PENDING_PER_TOPIC_MAX)),
         }
     }
 
@@ -305,6 +321,24 @@ impl Topic {
 
     /// Proposes one encoded entry (weir_proto::entry); the reply goes to `reply` once the entry
     /// is committed and applied here, or says why not.
+    /// Room for one more PUT: waits (at most [`PUT_ADMISSION_WAIT_MS_MAX`]) while
+    /// [`PUTS_PENDING_PER_TOPIC_MAX`] wait for their commit, then `Busy`. The permit goes into
+    /// the PUT's [`ReplyTo`] and is released with its answer.
+    pub async fn admit(&self) -> Result<OwnedSemaphorePermit, ErrorReply> {
+        let wait = Duration::from_millis(PUT_ADMISSION_WAIT_MS_MAX);
+        match tokio::time::timeout(wait, self.admission.clone().acquire_owned()).await {
+            Ok(Ok(permit)) => Ok(permit),
+            // The semaphore is never closed; treated as full all the same.
+            Ok(Err(_)) | Err(_) => Err(ErrorReply::new(
+                ErrorCode::Busy,
+                format!(
+                    "{:?} has {PUTS_PENDING_PER_TOPIC_MAX} PUTs waiting for their commit and                      none finished within {PUT_ADMISSION_WAIT_MS_MAX} ms; retry later (nothing                      was written)",
+                    self.name
+                ),
+            )),
+        }
+    }
+
     pub fn append(&self, entry: Vec<u8>, reply: ReplyTo) {
         let open = match self.open_state() {
             Ok(o) => o,
