@@ -42,7 +42,7 @@ struct Args {
     /// Value size in bytes.
     #[arg(long, default_value_t = 1)]
     value_bytes: usize,
-    /// A correctness check: 1 and 3 nodes, 1 and 3 clients, 100 messages, plain and nothing,
+    /// A correctness check: 1 and 3 nodes, 1 and 3 clients, 100 messages, every variant and
     /// both modes (overrides the matrix flags). Timings of a quick run mean nothing.
     #[arg(long)]
     quick: bool,
@@ -122,7 +122,15 @@ async fn main() -> Result<()> {
         .progress_chars("=> "),
     );
     let started = Instant::now();
+    let total = cells.len();
     let report = perf::run(&options, |done, cell| {
+        // Not a terminal (CI, a log file): one line per cell instead of the bar.
+        if bar.is_hidden() {
+            if let Some(cell) = cell {
+                eprintln!("[{}/{total}] {:.0?} {cell}", done + 1, started.elapsed());
+            }
+            return;
+        }
         bar.set_position(done as u64);
         match cell {
             Some(cell) => bar.set_message(cell.to_string()),
@@ -130,11 +138,11 @@ async fn main() -> Result<()> {
         }
     })
     .await;
-    let report = match report {
-        Ok(report) => report,
-        Err(e) => {
+    let (report, failure) = match report {
+        Ok(report) => (report, None),
+        Err(failed) => {
             bar.abandon_with_message("FAILED");
-            return Err(e);
+            (failed.report, Some(failed.error))
         }
     };
 
@@ -159,7 +167,18 @@ async fn main() -> Result<()> {
     std::fs::write(&md, &markdown).with_context(|| format!("writing {}", md.display()))?;
     std::fs::write(&json, serde_json::to_string_pretty(&report)?)
         .with_context(|| format!("writing {}", json.display()))?;
+    if report.cells.is_empty() {
+        return Err(failure.unwrap_or_else(|| anyhow::anyhow!("no cells ran")));
+    }
     perf::write_chart(&report, &svg)?;
+    if let Some(error) = failure {
+        eprintln!(
+            "wrote the {} cells done before the failure to {}",
+            report.cells.len(),
+            args.out.display()
+        );
+        return Err(error);
+    }
     eprintln!(
         "{} cells verified in {:.0?}; wrote {}, {} and {}",
         report.cells.len(),
