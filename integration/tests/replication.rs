@@ -169,6 +169,19 @@ async fn topic_admin_works_from_any_node_and_replicas_spread_leaders() -> Result
     Ok(())
 }
 
+/// Whether node `id` sees itself as the leader of `TOPIC` (asked directly, not through a proxy).
+async fn leads(cluster: &LocalCluster, id: u64) -> Result<bool> {
+    let client = cluster.client_of(id).await?;
+    let status = client.status().await;
+    client.close().await;
+    Ok(status?
+        .topics
+        .iter()
+        .find(|t| t.name == TOPIC)
+        .and_then(|t| t.raft.as_ref())
+        .is_some_and(|r| r.role == "leader"))
+}
+
 /// Node `i`'s peers reach it through proxy `i`; cutting node `i` off means partitioning its
 /// proxy and blocking its own (dialing) address on every other proxy.
 fn isolate(
@@ -216,7 +229,18 @@ async fn an_isolated_leader_is_replaced_and_catches_up_after_the_partition_heals
         history.acked(value, c.offset);
     }
 
-    isolate(&proxies, &addrs, (old - 1) as usize, true);
+    // Cut the leader off. Leader placement may have handed leadership to the topic's preferred
+    // leader meanwhile (a new term): the node cut off must still lead when the cut is in place,
+    // else heal and cut the current leader instead.
+    let mut old = old;
+    loop {
+        isolate(&proxies, &addrs, (old - 1) as usize, true);
+        if leads(&cluster, old).await? {
+            break;
+        }
+        isolate(&proxies, &addrs, (old - 1) as usize, false);
+        old = cluster.wait_for_leader(TOPIC, None).await?;
+    }
     // A client that knows only the old leader writes to it while it is cut off: it cannot
     // reach a majority, so nothing it is sent may be acknowledged while the partition lasts.
     let pinned = cluster.client_of(old).await?;
