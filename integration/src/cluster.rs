@@ -186,6 +186,46 @@ impl LocalCluster {
         Ok(Client::connect(config).await?)
     }
 
+    /// Polls (bounded) until `topic`'s preferred leader (its first replica in the catalog) leads
+    /// it; returns it. From then on leader placement leaves leadership where it is, so a test
+    /// that picks the leader or a follower and then acts on it (kills, cuts off) acts on what it
+    /// picked. (Right after creation the first leader elected may be another replica, which
+    /// placement soon replaces.)
+    pub async fn wait_for_preferred_leader(&self, topic: &str) -> Result<u64> {
+        let deadline = tokio::time::Instant::now() + SETTLE_TIMEOUT;
+        let mut ticker = tokio::time::interval(Duration::from_millis(50));
+        let client = self.client().await?;
+        let preferred = loop {
+            ticker.tick().await;
+            let info = client.cluster().await;
+            let preferred = info.ok().and_then(|info| {
+                info.topics
+                    .iter()
+                    .find(|t| t.name == topic)
+                    .and_then(|t| t.replicas.first().copied())
+            });
+            if let Some(preferred) = preferred {
+                break preferred;
+            }
+            if tokio::time::Instant::now() > deadline {
+                bail!("{topic:?} has no replicas in the catalog within {SETTLE_TIMEOUT:?}");
+            }
+        };
+        client.close().await;
+        loop {
+            let leader = self.wait_for_leader(topic, None).await?;
+            if leader == preferred {
+                return Ok(leader);
+            }
+            if tokio::time::Instant::now() > deadline {
+                bail!(
+                    "{topic:?} is led by {leader}, not its preferred leader {preferred}, after {SETTLE_TIMEOUT:?}"
+                );
+            }
+            ticker.tick().await;
+        }
+    }
+
     /// Polls (bounded) until a node other than `not` reports a leader for `topic`; returns it.
     pub async fn wait_for_leader(&self, topic: &str, not: Option<u64>) -> Result<u64> {
         let deadline = tokio::time::Instant::now() + SETTLE_TIMEOUT;

@@ -328,7 +328,7 @@ async fn an_upgrade_switches_every_replica_at_one_offset_and_survives_a_restart(
     );
 
     // A follower killed and restarted replays to the same state.
-    let leader = cluster.wait_for_leader(TOPIC, None).await?;
+    let leader = cluster.wait_for_preferred_leader(TOPIC).await?;
     let follower = [1, 2, 3]
         .into_iter()
         .find(|&id| id != leader)
@@ -428,7 +428,7 @@ async fn a_replica_behind_the_compacted_input_log_catches_up_from_the_program_sn
             },
         )
         .await?;
-    let leader = cluster.wait_for_leader(TOPIC, None).await?;
+    let leader = cluster.wait_for_preferred_leader(TOPIC).await?;
     let behind = (1..=3).find(|id| *id != leader).context("a follower")?;
     cluster.kill9(behind).await?;
 

@@ -220,7 +220,7 @@ async fn an_isolated_leader_is_replaced_and_catches_up_after_the_partition_heals
     let cluster = LocalCluster::start_with(addrs.clone(), vec![spec; 3], &[]).await?;
     let client = cluster.client().await?;
     client.create_topic(TOPIC, TopicConfig::default()).await?;
-    let old = cluster.wait_for_leader(TOPIC, None).await?;
+    let old = cluster.wait_for_preferred_leader(TOPIC).await?;
     let mut history = History::default();
     for seq in 0..100u64 {
         let value = format!("p0-{seq}").into_bytes();

@@ -514,11 +514,15 @@ fn a_state_machine_that_blocks_neither_stops_replication_nor_costs_the_leader_it
     }
     assert!(answered.iter().all(|a| *a));
     let last = LogIndex(before.last_index.0 + proposed as u64);
+    // Every replica first: a stopped leader would no longer tell the followers the last commit.
     for id in 1..=3 {
-        let handle = cluster.handle(NodeId(id)).unwrap();
-        handle
+        cluster
+            .handle(NodeId(id))
+            .unwrap()
             .wait_for(WAIT, |s| s.applied_index >= last)
             .expect("every replica applies everything once unblocked");
-        handle.stop();
+    }
+    for id in 1..=3 {
+        cluster.handle(NodeId(id)).unwrap().stop();
     }
 }
