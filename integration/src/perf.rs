@@ -20,10 +20,10 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail, ensure};
 use serde::Serialize;
 use weir_client::{
-    Client, ClientError, Committed, ListenFrom, Offset, ProgramOutcome, ProgramSpec, TopicConfig,
+    Client, ClientError, Committed, Offset, ProgramOutcome, ProgramSpec, TopicConfig,
 };
 
-use crate::cluster::{LocalCluster, SETTLE_TIMEOUT};
+use crate::cluster::LocalCluster;
 
 /// The topic every cell writes to.
 pub const TOPIC: &str = "perf";
@@ -572,7 +572,11 @@ pub async fn run_cell(options: &Options, cell: Cell) -> Result<CellResult> {
         .max()
         .copied()
         .context("no PUT acknowledged")?;
-    let log = read_all(&cluster, leader, until).await?;
+    let log: Vec<ReadEntry> = crate::workload::read_events(&cluster, leader, TOPIC, until)
+        .await?
+        .into_iter()
+        .map(|e| (e.offset, e.key, e.value))
+        .collect();
     let verification = verify(&acks, &log, options.key_bytes, |client, seq| {
         cell.variant
             .expected_value(client, seq, options.value_bytes)
@@ -721,25 +725,6 @@ async fn leader_fsyncs(cluster: &LocalCluster, leader: u64) -> Result<u64> {
         .iter()
         .find(|t| t.name == TOPIC)
         .map_or(0, |t| t.fsyncs))
-}
-
-/// Reads the topic from node `id` from the start until the entry at `until`.
-async fn read_all(cluster: &LocalCluster, id: u64, until: Offset) -> Result<Vec<ReadEntry>> {
-    let client = cluster.client_of(id).await?;
-    let mut listener = client.listen(TOPIC, ListenFrom::Start).await?;
-    let mut log: Vec<ReadEntry> = Vec::new();
-    tokio::time::timeout(SETTLE_TIMEOUT, async {
-        while log.last().is_none_or(|(o, _, _)| *o < until) {
-            let event = listener.next().await.context("listener ended")??;
-            log.push((event.offset, event.key, event.value));
-        }
-        anyhow::Ok(())
-    })
-    .await
-    .with_context(|| format!("node {id} did not deliver up to offset {until} in time"))??;
-    drop(listener);
-    client.close().await;
-    Ok(log)
 }
 
 /// Clock ticks per second of /proc's CPU times (USER_HZ: 100 on Linux, fixed by its ABI).

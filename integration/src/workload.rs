@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::Notify;
-use weir_client::{Client, ClientError, Committed, ListenFrom, Offset};
+use weir_client::{Client, ClientError, Committed, Event, ListenFrom, Offset};
 
 /// PUTs one producer keeps in flight.
 pub const WINDOW: usize = 64;
@@ -168,23 +168,33 @@ pub async fn join_producers(
     Ok((history, unknown))
 }
 
-/// Reads `topic` from node `id` from the start until an entry at or beyond `until` arrives.
+/// Reads `topic` from node `id` from the start until an entry at or beyond `until` arrives:
+/// (offset, value) in the order read.
 pub async fn read_back(
     cluster: &LocalCluster,
     id: u64,
     topic: &str,
     until: Offset,
 ) -> Result<Vec<(Offset, Vec<u8>)>> {
+    let events = read_events(cluster, id, topic, until).await?;
+    Ok(events.into_iter().map(|e| (e.offset, e.value)).collect())
+}
+
+/// Reads `topic` from node `id` from the start until an entry at or beyond `until` arrives:
+/// every event, in the order read.
+pub async fn read_events(
+    cluster: &LocalCluster,
+    id: u64,
+    topic: &str,
+    until: Offset,
+) -> Result<Vec<Event>> {
     let client = cluster.client_of(id).await?;
     let mut listener = client.listen(topic, ListenFrom::Start).await?;
-    let mut log = Vec::new();
+    let mut log: Vec<Event> = Vec::new();
     tokio::time::timeout(SETTLE_TIMEOUT, async {
-        while log
-            .last()
-            .is_none_or(|(o, _): &(Offset, Vec<u8>)| *o < until)
-        {
+        while log.last().is_none_or(|e| e.offset < until) {
             let event = listener.next().await.context("listener ended")??;
-            log.push((event.offset, event.value));
+            log.push(event);
         }
         anyhow::Ok(())
     })
