@@ -23,13 +23,13 @@
 //!
 //! One round: wait for an input until the core's next timeout (`recv_timeout`), take up to
 //! [`GROUP_INPUT_BATCH_MAX`] more queued inputs without blocking, executing each one's outputs
-//! right after it (writes without fsync, sends, applies), then fsync once for everything
+//! right after it (writes without fsync, sends, applies queued to the applier), then fsync once for everything
 //! appended in the round (group commit) and report it with `handle_persisted`, draining again
 //! until a drain appends nothing more. Followers acknowledge only after `handle_persisted`, so
 //! sending before the round's fsync is what the contract allows.
 //!
-//! A proposal is answered once an Apply decides it: the entry at its index has its term (`Ok`)
-//! or another term (`Lost`). Losing leadership does not answer it; stopping does (`Stopped`).
+//! A proposal is answered once the applier reports its index applied: the entry there has its
+//! term (`Ok`) or another term (`Lost`). Losing leadership does not answer it; stopping does (`Stopped`).
 //!
 //! A storage failure is final for this runtime: the failure is recorded in the status, pending
 //! proposals fail with `Storage`, the core is no longer called (nothing more is sent) and every
