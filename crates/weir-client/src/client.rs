@@ -347,7 +347,7 @@ impl Client {
         value: impl Into<Vec<u8>>,
     ) -> Result<Committed, ClientError> {
         let request = self.inner.put_request(topic, key, value.into())?;
-        let call = RoutedCall::new(self.inner.clone(), Target::Topic(topic.to_owned()));
+        let call = RoutedCall::new(self.inner.clone(), Target::Topic(topic.into()));
         committed(call.run(request).await?)
     }
 
@@ -369,7 +369,7 @@ impl Client {
             program,
             reset_state,
         };
-        let call = RoutedCall::new(self.inner.clone(), Target::Topic(topic.to_owned()));
+        let call = RoutedCall::new(self.inner.clone(), Target::Topic(topic.into()));
         match call.run(request).await? {
             Reply::ProgramDeployed { at_offset } => Ok(at_offset),
             other => Err(unexpected("ProgramDeployed", &other)),
@@ -380,7 +380,7 @@ impl Client {
     /// hash. See [`Client::program_at`] for one replica.
     pub async fn program(&self, topic: &str) -> Result<ProgramInfo, ClientError> {
         check_topic(topic)?;
-        let call = RoutedCall::new(self.inner.clone(), Target::Topic(topic.to_owned()));
+        let call = RoutedCall::new(self.inner.clone(), Target::Topic(topic.into()));
         program_reply(
             call.run(Request::ShowProgram {
                 topic: topic.to_owned(),
@@ -1080,14 +1080,14 @@ impl Inner {
                 Verdict::Deposed(leaders) => {
                     for (topic, leader) in leaders {
                         if let Some(leader) = leader {
-                            self.set_route(&Target::Topic(topic.clone()), leader);
+                            self.set_route(&Target::Topic(topic.as_str().into()), leader);
                             topics.retain(|t| *t != topic);
                         }
                     }
                 }
                 Verdict::Leads if self.live_session(lost).is_some() => {
                     for topic in topics {
-                        self.set_route(&Target::Topic(topic), lost);
+                        self.set_route(&Target::Topic(topic.into()), lost);
                     }
                     return;
                 }
@@ -1289,7 +1289,7 @@ async fn watch_leader(
         let mut unknown = topics;
         for (topic, leader) in leaders {
             if let Some(leader) = leader {
-                client.set_route(&Target::Topic(topic.clone()), leader);
+                client.set_route(&Target::Topic(topic.as_str().into()), leader);
                 unknown.retain(|t| *t != topic);
             }
         }

@@ -2,12 +2,14 @@
 
 use crate::client::committed;
 use crate::routing::{RoutedCall, Target};
+use crate::session::{Answer, OnAnswer};
 use crate::{Client, ClientError};
 use std::future::{Future, IntoFuture};
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
-use tokio::sync::{Semaphore, oneshot};
-use weir_proto::Committed;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
+use weir_proto::{Committed, Reply};
 
 /// Sends PUTs to one topic without waiting for each to commit, keeping at most `window` of them
 /// in flight. Made by [`Client::producer`].
@@ -42,6 +44,8 @@ use weir_proto::Committed;
 pub struct Producer {
     client: Client,
     topic: String,
+    /// The topic as the router wants it (cloned per PUT without allocating).
+    target: Target,
     window: Arc<Semaphore>,
     window_size: u32,
 }
@@ -53,6 +57,7 @@ impl Producer {
             .max(1);
         Self {
             client,
+            target: Target::Topic(topic.as_str().into()),
             topic,
             window: Arc::new(Semaphore::new(window_size as usize)),
             window_size,
@@ -93,17 +98,17 @@ impl Producer {
             .await
             .map_err(|_| ClientError::Timeout(timeout))?
             .map_err(|_| ClientError::ConnectionLost("producer closed".into()))?;
-        let mut call = RoutedCall::new(inner.clone(), Target::Topic(self.topic.clone()));
-        // Sent here, so the PUTs of this producer go out in send order.
-        let pending = call.dispatch(request).await?;
+        let mut call = RoutedCall::new(inner.clone(), self.target.clone());
         let (tx, rx) = oneshot::channel();
-        // The answer (and any resend it calls for) is handled by a task of its own, so a PUT
-        // is resent and leaves the window even if nobody awaits its handle.
-        tokio::spawn(async move {
-            let result = call.settle(pending).await.and_then(committed);
-            drop(permit);
-            let _ = tx.send(result);
-        });
+        // The answer is handled where it arrives (the session's reader task), so a PUT is
+        // resent and leaves the window even if nobody awaits its handle. Sent here, so the PUTs
+        // of this producer go out in send order.
+        let settle = Settle {
+            call: call.clone(),
+            tx,
+            _permit: permit,
+        };
+        call.dispatch_then(request, settle.into_on_answer()).await?;
         Ok(PutHandle { rx })
     }
 
@@ -118,6 +123,54 @@ impl Producer {
             .map_err(|_| ClientError::ConnectionLost("producer closed".into()))?;
         drop(all);
         Ok(())
+    }
+}
+
+/// What settles one PUT of a [`Producer`] once its first answer arrives; its window permit is
+/// released with the final answer.
+struct Settle {
+    call: RoutedCall,
+    tx: oneshot::Sender<Result<Committed, ClientError>>,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl Settle {
+    fn into_on_answer(self) -> OnAnswer {
+        Box::new(move |answer, answered_by| self.answered(answer, answered_by))
+    }
+
+    /// Runs on the session's reader task: a commit (the common case) is handed over at once;
+    /// anything else may need a resend (or a cluster refresh), which a task of its own does.
+    fn answered(self, answer: Answer, answered_by: SocketAddr) {
+        let Settle {
+            mut call,
+            tx,
+            _permit,
+        } = self;
+        match answer {
+            (Ok(Reply::Committed(done)), _) => {
+                // Only the leader commits: remember who did.
+                call.inner().set_route(call.target(), answered_by);
+                drop(_permit);
+                let _ = tx.send(Ok(done));
+            }
+            answer => match tokio::runtime::Handle::try_current() {
+                Ok(runtime) => {
+                    runtime.spawn(async move {
+                        let result = call
+                            .settle_answer(answer, answered_by)
+                            .await
+                            .and_then(committed);
+                        drop(_permit);
+                        let _ = tx.send(result);
+                    });
+                }
+                // No runtime (it is shutting down): no resend is possible.
+                Err(_) => {
+                    let _ = tx.send(answer.0.and_then(committed));
+                }
+            },
+        }
     }
 }
 

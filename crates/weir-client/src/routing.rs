@@ -7,7 +7,7 @@
 //! written). A request whose connection broke after it was sent is never resent.
 
 use crate::client::Inner;
-use crate::session::{NotSent, PendingReply};
+use crate::session::{Answer, NotSent, OnAnswer, PendingReply, Session};
 use crate::{ClientError, LeaderRetryPolicy};
 use std::collections::HashMap;
 use std::fmt;
@@ -20,8 +20,8 @@ use weir_proto::{ClusterInfo, ErrorCode, ErrorReply, Reply, Request};
 /// Who must answer a request.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) enum Target {
-    /// The leader of this topic's Raft group (PUTs).
-    Topic(String),
+    /// The leader of this topic's Raft group (PUTs). Shared: a producer clones it per PUT.
+    Topic(Arc<str>),
     /// The leader of the metadata group: topic and cluster administration.
     Catalog,
 }
@@ -49,7 +49,7 @@ impl RouteTable {
     /// The node believed to lead `target`.
     pub(crate) fn route(&self, target: &Target) -> Option<SocketAddr> {
         match target {
-            Target::Topic(topic) => self.leaders.get(topic).copied(),
+            Target::Topic(topic) => self.leaders.get(&**topic).copied(),
             Target::Catalog => self.catalog,
         }
     }
@@ -57,7 +57,13 @@ impl RouteTable {
     pub(crate) fn set(&mut self, target: &Target, addr: SocketAddr) {
         match target {
             Target::Topic(topic) => {
-                self.leaders.insert(topic.clone(), addr);
+                // Looked up first: the common case (a PUT's leader confirmed) allocates nothing.
+                match self.leaders.get_mut(&**topic) {
+                    Some(leader) => *leader = addr,
+                    None => {
+                        self.leaders.insert(topic.to_string(), addr);
+                    }
+                }
             }
             Target::Catalog => self.catalog = Some(addr),
         }
@@ -68,8 +74,8 @@ impl RouteTable {
     pub(crate) fn forget(&mut self, target: &Target, addr: SocketAddr) {
         match target {
             Target::Topic(topic) => {
-                if self.leaders.get(topic) == Some(&addr) {
-                    self.leaders.remove(topic);
+                if self.leaders.get(&**topic) == Some(&addr) {
+                    self.leaders.remove(&**topic);
                 }
             }
             Target::Catalog => {
@@ -198,6 +204,7 @@ pub(crate) async fn resolve_node_addr(
 
 /// One request that must reach the leader of [`Target`], with its retry state. Bounded by the
 /// request timeout (counted from [`RoutedCall::new`]) and by [`LeaderRetryPolicy`].
+#[derive(Clone)]
 pub(crate) struct RoutedCall {
     inner: Arc<Inner>,
     target: Target,
@@ -256,64 +263,116 @@ impl RoutedCall {
     }
 
     /// Sends `request` to the node believed to lead the target, or to any node if none is
-    /// known (preferring one that has not answered "not leader" without naming one yet). If that leader cannot be reached, or its connection turns out dead before the
-    /// request is written, the request (which never left) goes to another node. The reply is
-    /// not awaited: see [`RoutedCall::settle`].
+    /// known (preferring one that has not answered "not leader" without naming one yet). If
+    /// that leader cannot be reached, or its connection turns out dead before the request is
+    /// written, the request (which never left) goes to another node. The reply is not
+    /// awaited: see [`RoutedCall::settle`].
     pub(crate) async fn dispatch(
         &mut self,
         mut request: Request,
     ) -> Result<PendingReply, ClientError> {
         loop {
-            let routed = self.inner.route(&self.target);
-            let session = match routed {
-                Some(addr) => match self.inner.routed_session(addr).await {
-                    Ok(session) => session,
-                    Err(e @ ClientError::Config(_)) => return Err(e),
-                    Err(e) => {
-                        tracing::debug!(
-                            target = %self.target, %addr, error = %e,
-                            "cannot reach the node believed to lead; trying another node"
-                        );
-                        self.inner.forget_route(&self.target, addr);
-                        // Nothing was sent: go to any node at once.
-                        self.wait_before_resend(Resend::Redirected, e).await?;
-                        continue;
-                    }
-                },
-                None => self.inner.session_avoiding(&self.clueless).await?,
-            };
+            let (session, routed) = self.session().await?;
             let slot = self.inner.in_flight_slot(self.deadline).await?;
             match session.send(request, vec![slot], self.deadline, true).await {
                 Ok(pending) => return Ok(pending),
-                Err(NotSent {
-                    err: err @ ClientError::Timeout(_),
-                    ..
-                }) => return Err(err),
-                Err(NotSent { err, request: back }) => {
-                    tracing::debug!(
-                        target = %self.target, node = %session.remote(), error = %err,
-                        "connection found dead before sending; resending elsewhere"
-                    );
-                    request = back;
-                    if let Some(addr) = routed {
-                        self.inner.forget_route(&self.target, addr);
-                    }
-                    self.wait_before_resend(Resend::Later, err).await?;
+                Err(not_sent) => request = self.not_sent(not_sent, &session, routed).await?,
+            }
+        }
+    }
+
+    /// Like [`RoutedCall::dispatch`], with the answer (kept request included) going to
+    /// `on_answer` instead of a [`PendingReply`]: no task waits for it. `Ok` means `on_answer`
+    /// will be called; on `Err` it is dropped uncalled.
+    pub(crate) async fn dispatch_then(
+        &mut self,
+        mut request: Request,
+        mut on_answer: OnAnswer,
+    ) -> Result<(), ClientError> {
+        loop {
+            let (session, routed) = self.session().await?;
+            let slot = self.inner.in_flight_slot(self.deadline).await?;
+            let sent = session
+                .send_then(request, vec![slot], self.deadline, true, on_answer)
+                .await;
+            match sent {
+                Ok(()) => return Ok(()),
+                Err((not_sent, back)) => {
+                    on_answer = back;
+                    request = self.not_sent(not_sent, &session, routed).await?;
                 }
             }
         }
     }
 
-    /// Waits for the reply to a request sent by [`RoutedCall::dispatch`]. A `NotLeader` answer
-    /// (nothing was appended) resends the request: at once to the leader the node named, or,
-    /// if it named none, after a backoff and a `Cluster` refresh. A `NotFound` answer to a PUT
-    /// is final only once a `Cluster` refresh also lacks the topic (a node may not have applied
-    /// a fresh topic yet). Every other answer, and every failure after the request was sent
-    /// (connection lost, timeout), is returned as is: such a request is never resent.
-    pub(crate) async fn settle(&mut self, mut pending: PendingReply) -> Result<Reply, ClientError> {
+    /// The session to send to: the believed leader's (`routed` is its address), or any
+    /// node's if no leader is known.
+    async fn session(&mut self) -> Result<(Arc<Session>, Option<SocketAddr>), ClientError> {
         loop {
-            let answered_by = pending.remote();
-            let (result, request) = pending.wait_keeping().await;
+            let Some(addr) = self.inner.route(&self.target) else {
+                let session = self.inner.session_avoiding(&self.clueless).await?;
+                return Ok((session, None));
+            };
+            match self.inner.routed_session(addr).await {
+                Ok(session) => return Ok((session, Some(addr))),
+                Err(e @ ClientError::Config(_)) => return Err(e),
+                Err(e) => {
+                    tracing::debug!(
+                        target = %self.target, %addr, error = %e,
+                        "cannot reach the node believed to lead; trying another node"
+                    );
+                    self.inner.forget_route(&self.target, addr);
+                    // Nothing was sent: go to any node at once.
+                    self.wait_before_resend(Resend::Redirected, e).await?;
+                }
+            }
+        }
+    }
+
+    /// A request `session` refused (it never left): gives it back to be sent elsewhere after
+    /// a backoff, or the error that ends the call.
+    async fn not_sent(
+        &mut self,
+        not_sent: NotSent,
+        session: &Session,
+        routed: Option<SocketAddr>,
+    ) -> Result<Request, ClientError> {
+        let NotSent { err, request } = not_sent;
+        if let ClientError::Timeout(_) = err {
+            return Err(err);
+        }
+        tracing::debug!(
+            target = %self.target, node = %session.remote(), error = %err,
+            "connection found dead before sending; resending elsewhere"
+        );
+        if let Some(addr) = routed {
+            self.inner.forget_route(&self.target, addr);
+        }
+        self.wait_before_resend(Resend::Later, err).await?;
+        Ok(request)
+    }
+
+    /// Waits for the reply to a request sent by [`RoutedCall::dispatch`] and settles it: see
+    /// [`RoutedCall::settle_answer`].
+    pub(crate) async fn settle(&mut self, pending: PendingReply) -> Result<Reply, ClientError> {
+        let answered_by = pending.remote();
+        let answer = pending.wait_keeping().await;
+        self.settle_answer(answer, answered_by).await
+    }
+
+    /// Settles the answer `answered_by` gave. A `NotLeader` answer (nothing was appended)
+    /// resends the request: at once to the leader the node named, or, if it named none, after
+    /// a backoff and a `Cluster` refresh. A `NotFound` answer to a PUT is final only once a
+    /// `Cluster` refresh also lacks the topic (a node may not have applied a fresh topic yet).
+    /// Every other answer, and every failure after the request was sent (connection lost,
+    /// timeout), is returned as is: such a request is never resent.
+    pub(crate) async fn settle_answer(
+        &mut self,
+        mut answer: Answer,
+        mut answered_by: SocketAddr,
+    ) -> Result<Reply, ClientError> {
+        loop {
+            let (result, request) = answer;
             let reply = result?;
             let Reply::Error(err) = &reply else {
                 // Only the leader acts on these requests: remember who did.
@@ -331,8 +390,20 @@ impl RoutedCall {
                 }
                 _ => return Ok(reply),
             };
-            pending = self.dispatch(request).await?;
+            let pending = self.dispatch(request).await?;
+            answered_by = pending.remote();
+            answer = pending.wait_keeping().await;
         }
+    }
+
+    /// The client this call goes through.
+    pub(crate) fn inner(&self) -> &Arc<Inner> {
+        &self.inner
+    }
+
+    /// Who must answer.
+    pub(crate) fn target(&self) -> &Target {
+        &self.target
     }
 
     /// Follows a `NotLeader` answer from `answered_by`: routes to the named leader, or backs

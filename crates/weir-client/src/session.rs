@@ -1,9 +1,15 @@
 //! One QUIC connection to a node and its request stream: a writer task that coalesces queued
 //! frames into one write, a reader task that routes replies (which may come back out of order)
-//! to the waiting callers by request id.
+//! to the waiting callers by request id, and an expiry task that answers requests still
+//! unanswered at their deadline.
+//!
+//! A reply is delivered by calling the waiter's [`OnAnswer`] on the reader task: a caller
+//! awaiting a [`PendingReply`] gets it through a oneshot channel, a [`crate::Producer`] PUT
+//! settles in the callback itself (no task per PUT). Deadlines are kept in one ordered set per
+//! session rather than a timer per request.
 
 use crate::ClientError;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -27,15 +33,23 @@ type ReplyResult = Result<Reply, ClientError>;
 
 /// What reaches a waiting caller: the reply (or why there is none) and, if the caller asked to
 /// keep it, the request as it was sent, so that it can be resent elsewhere without a copy.
-type Answer = (ReplyResult, Option<Request>);
+pub(crate) type Answer = (ReplyResult, Option<Request>);
 
-/// What a caller waiting for a reply holds on to; the permits are released when the reply is
-/// routed (or the request fails), whether or not the caller is still waiting.
+/// Takes the answer to one request and the address of the node it was sent to. Called exactly
+/// once, on the session's reader, writer or expiry task (or whoever fails the session), never
+/// under a lock: it must not block.
+pub(crate) type OnAnswer = Box<dyn FnOnce(Answer, SocketAddr) + Send>;
+
+/// What is kept for a request waiting for its reply; the permits are released when the reply
+/// is routed (or the request fails or expires), whether or not anybody still waits for it.
 struct Waiter {
-    tx: oneshot::Sender<Answer>,
+    on_answer: OnAnswer,
     _permits: Vec<OwnedSemaphorePermit>,
     /// The request, handed back by the writer once encoded (only if the caller keeps it).
     request: Option<Request>,
+    /// When the request fails with [`ClientError::Timeout`] of `timeout` if still unanswered.
+    deadline: Instant,
+    timeout: Duration,
 }
 
 #[derive(Default)]
@@ -43,21 +57,37 @@ struct WaitersState {
     /// Set once the request stream failed; no request is accepted after that.
     failed: Option<ClientError>,
     waiters: HashMap<RequestId, Waiter>,
-    /// The PUTs among the waiters, oldest first (ids increase with time): when each was sent
-    /// and its topic. What [`PutWatch`] looks at.
-    puts: BTreeMap<RequestId, (Instant, String)>,
+    /// The PUTs among the waiters, oldest first (ids increase with time), with when each was
+    /// sent. What [`PutWatch`] looks at.
+    puts: BTreeMap<RequestId, Instant>,
+    /// Every waiter's deadline, soonest first: what the expiry task looks at.
+    deadlines: BTreeSet<(Instant, RequestId)>,
 }
 
-/// The waiters of one request stream, shared by the callers and the reader and writer tasks.
-#[derive(Default)]
+/// The waiters of one request stream, shared by the callers and the reader, writer and expiry
+/// tasks.
 struct Waiters {
+    /// The node the requests go to (passed to [`OnAnswer`]).
+    remote: SocketAddr,
     state: Mutex<WaitersState>,
     /// Wakes the [`PutWatch`]: a PUT was registered while none was outstanding, or the stream
     /// failed.
     changed: Notify,
+    /// Wakes the expiry task: a deadline sooner than every other was registered, or the stream
+    /// failed.
+    expiry: Notify,
 }
 
 impl Waiters {
+    fn new(remote: SocketAddr) -> Self {
+        Self {
+            remote,
+            state: Mutex::default(),
+            changed: Notify::new(),
+            expiry: Notify::new(),
+        }
+    }
+
     fn lock(&self) -> MutexGuard<'_, WaitersState> {
         // A panic while holding this lock leaves the map consistent (single inserts/removes).
         self.state
@@ -65,48 +95,89 @@ impl Waiters {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Registers the waiter of request `id`; `put_topic` is the topic of a PUT.
+    /// Registers the waiter of request `id` (a PUT if `is_put`). A failed stream gives the
+    /// waiter back with its error.
     fn register(
         &self,
         id: RequestId,
         waiter: Waiter,
-        put_topic: Option<&str>,
-    ) -> Result<(), ClientError> {
+        is_put: bool,
+    ) -> Result<(), (ClientError, Waiter)> {
         let mut state = self.lock();
         if let Some(err) = &state.failed {
-            return Err(err.clone());
+            return Err((err.clone(), waiter));
         }
+        let deadline = (waiter.deadline, id);
+        let soonest = state
+            .deadlines
+            .first()
+            .is_none_or(|first| deadline < *first);
+        state.deadlines.insert(deadline);
         state.waiters.insert(id, waiter);
-        if let Some(topic) = put_topic {
-            let first = state.puts.is_empty();
-            state.puts.insert(id, (Instant::now(), topic.to_owned()));
-            drop(state);
-            if first {
-                self.changed.notify_one();
-            }
+        let first_put = is_put && state.puts.is_empty();
+        if is_put {
+            state.puts.insert(id, Instant::now());
+        }
+        drop(state);
+        if first_put {
+            self.changed.notify_one();
+        }
+        if soonest {
+            self.expiry.notify_one();
         }
         Ok(())
     }
 
-    /// Removes the waiter of `id` (and its PUT entry).
+    /// Removes the waiter of `id` (and its PUT and deadline entries).
     fn take(&self, id: RequestId) -> Option<Waiter> {
         let mut state = self.lock();
+        let waiter = state.waiters.remove(&id)?;
         state.puts.remove(&id);
-        state.waiters.remove(&id)
+        state.deadlines.remove(&(waiter.deadline, id));
+        Some(waiter)
     }
 
     /// Routes a reply; `false` if nobody waits for that id (timed out, or a stray reply).
     fn complete(&self, id: RequestId, result: ReplyResult) -> bool {
-        let waiter = self.take(id);
-        match waiter {
-            Some(mut waiter) => {
-                // The caller may have stopped waiting (dropped its handle): fine.
-                let request = waiter.request.take();
-                let _ = waiter.tx.send((result, request));
+        match self.take(id) {
+            Some(waiter) => {
+                self.deliver(waiter, result);
                 true
             }
             None => false,
         }
+    }
+
+    /// Hands `result` (and the kept request) to the waiter's [`OnAnswer`]. Never called under
+    /// the lock.
+    fn deliver(&self, mut waiter: Waiter, result: ReplyResult) {
+        let request = waiter.request.take();
+        (waiter.on_answer)((result, request), self.remote);
+    }
+
+    /// Fails every waiter whose deadline is at or before `now` with [`ClientError::Timeout`];
+    /// returns the next deadline, `None` if nothing waits (or the stream failed).
+    fn expire(&self, now: Instant) -> Option<Instant> {
+        let mut expired = Vec::new();
+        let next = {
+            let mut state = self.lock();
+            while let Some(&(deadline, id)) = state.deadlines.first() {
+                if deadline > now {
+                    break;
+                }
+                state.deadlines.pop_first();
+                state.puts.remove(&id);
+                if let Some(waiter) = state.waiters.remove(&id) {
+                    expired.push(waiter);
+                }
+            }
+            state.deadlines.first().map(|(deadline, _)| *deadline)
+        };
+        for waiter in expired {
+            let timeout = waiter.timeout;
+            self.deliver(waiter, Err(ClientError::Timeout(timeout)));
+        }
+        next
     }
 
     /// Stores the encoded request with its waiter, for a caller that may resend it. Called by
@@ -117,10 +188,6 @@ impl Waiters {
         }
     }
 
-    fn cancel(&self, id: RequestId) {
-        self.take(id);
-    }
-
     /// Fails every outstanding request and refuses new ones.
     fn fail(&self, err: ClientError) {
         let drained: Vec<Waiter> = {
@@ -129,15 +196,16 @@ impl Waiters {
                 state.failed = Some(err.clone());
             }
             state.puts.clear();
+            state.deadlines.clear();
             state.waiters.drain().map(|(_, w)| w).collect()
         };
         self.changed.notify_one();
+        self.expiry.notify_one();
         if !drained.is_empty() {
             tracing::debug!(requests = drained.len(), error = %err, "failing outstanding requests");
         }
-        for mut waiter in drained {
-            let request = waiter.request.take();
-            let _ = waiter.tx.send((Err(err.clone()), request));
+        for waiter in drained {
+            self.deliver(waiter, Err(err.clone()));
         }
     }
 
@@ -151,19 +219,23 @@ impl Waiters {
         if state.failed.is_some() {
             return None;
         }
-        Some(state.puts.values().next().map(|(sent, _)| *sent))
+        Some(state.puts.values().next().copied())
     }
 
-    /// The topics of the PUTs outstanding since `cutoff` or earlier, each once.
+    /// The topics of the PUTs outstanding since `cutoff` or earlier, each once. A PUT's topic
+    /// is read from its kept request (every routed PUT is kept once encoded).
     fn put_topics_since(&self, cutoff: Instant) -> Vec<String> {
         let state = self.lock();
         let mut topics: Vec<String> = Vec::new();
-        for (sent, topic) in state.puts.values() {
+        for (id, sent) in &state.puts {
             if *sent > cutoff {
                 break;
             }
-            if !topics.contains(topic) {
-                topics.push(topic.clone());
+            let kept = state.waiters.get(id).and_then(|w| w.request.as_ref());
+            if let Some(Request::Put(put)) = kept
+                && !topics.contains(&put.topic)
+            {
+                topics.push(put.topic.clone());
             }
         }
         topics
@@ -291,7 +363,7 @@ impl Session {
             .open_bi()
             .await
             .map_err(|e| ClientError::ConnectionLost(format!("cannot open a stream: {e}")))?;
-        let waiters = Arc::new(Waiters::default());
+        let waiters = Arc::new(Waiters::new(conn.remote_address()));
         let failer = Arc::new(Failer {
             waiters: waiters.clone(),
             conn: conn.clone(),
@@ -300,6 +372,7 @@ impl Session {
         let (queue, rx) = mpsc::channel(WRITE_QUEUE);
         tokio::spawn(write_loop(send, rx, waiters.clone(), failer.clone(), seq));
         tokio::spawn(read_loop(recv, waiters.clone(), failer));
+        tokio::spawn(expire_loop(waiters.clone()));
         let session = Arc::new(Self {
             conn,
             queue,
@@ -370,65 +443,78 @@ impl Session {
         deadline: Instant,
         keep: bool,
     ) -> Result<PendingReply, NotSent> {
-        let id = RequestId(self.next_id.fetch_add(1, Ordering::Relaxed));
         let (tx, rx) = oneshot::channel();
+        let on_answer: OnAnswer = Box::new(move |answer, _| {
+            // The caller may have stopped waiting (dropped its handle): fine.
+            let _ = tx.send(answer);
+        });
+        match self
+            .send_then(request, permits, deadline, keep, on_answer)
+            .await
+        {
+            Ok(()) => Ok(PendingReply {
+                rx,
+                session: self.clone(),
+            }),
+            Err((not_sent, _)) => Err(not_sent),
+        }
+    }
+
+    /// Queues `request`; `on_answer` gets its reply, or why there is none: the stream failed,
+    /// or no reply came by `deadline` ([`ClientError::Timeout`]). Otherwise as
+    /// [`Session::send`]; a request refused here gets its `on_answer` back, uncalled. `Ok`
+    /// means `on_answer` is called (or was already, with an error).
+    pub(crate) async fn send_then(
+        self: &Arc<Self>,
+        request: Request,
+        permits: Vec<OwnedSemaphorePermit>,
+        deadline: Instant,
+        keep: bool,
+        on_answer: OnAnswer,
+    ) -> Result<(), (NotSent, OnAnswer)> {
+        let id = RequestId(self.next_id.fetch_add(1, Ordering::Relaxed));
+        let timeout = deadline.saturating_duration_since(Instant::now());
         let waiter = Waiter {
-            tx,
+            on_answer,
             _permits: permits,
             request: None,
+            deadline,
+            timeout,
         };
-        let put_topic = match &request {
-            Request::Put(put) => Some(put.topic.as_str()),
-            _ => None,
-        };
-        if let Err(err) = self.waiters.register(id, waiter, put_topic) {
-            return Err(NotSent { err, request });
+        let is_put = matches!(request, Request::Put(_));
+        if let Err((err, waiter)) = self.waiters.register(id, waiter, is_put) {
+            return Err((NotSent { err, request }, waiter.on_answer));
         }
-        let timeout = deadline.saturating_duration_since(Instant::now());
         // Reserve a slot first, so that a timeout or a stopped writer leaves the request here.
-        match tokio::time::timeout_at(deadline, self.queue.reserve()).await {
+        let err = match tokio::time::timeout_at(deadline, self.queue.reserve()).await {
             Ok(Ok(slot)) => {
                 slot.send(Outgoing { id, request, keep });
-                Ok(PendingReply {
-                    id,
-                    rx,
-                    session: self.clone(),
-                    deadline,
-                    timeout,
-                })
+                return Ok(());
             }
-            Ok(Err(_)) => {
-                self.waiters.cancel(id);
-                Err(NotSent {
-                    err: ClientError::ConnectionLost("the request stream stopped".into()),
-                    request,
-                })
-            }
-            Err(_) => {
-                self.waiters.cancel(id);
-                Err(NotSent {
-                    err: ClientError::Timeout(timeout),
-                    request,
-                })
-            }
+            Ok(Err(_)) => ClientError::ConnectionLost("the request stream stopped".into()),
+            Err(_) => ClientError::Timeout(timeout),
+        };
+        match self.waiters.take(id) {
+            Some(waiter) => Err((NotSent { err, request }, waiter.on_answer)),
+            // It expired, or the stream failed, while waiting for room: `on_answer` has had
+            // its answer (an error), so there is nothing left to give back. The request never
+            // left, and is dropped.
+            None => Ok(()),
         }
     }
 }
 
 /// A request on its way; [`PendingReply::wait`] returns its reply.
 pub(crate) struct PendingReply {
-    id: RequestId,
     rx: oneshot::Receiver<Answer>,
     /// Keeps the connection open while someone may still wait for this reply.
     session: Arc<Session>,
-    deadline: Instant,
-    timeout: Duration,
 }
 
 impl std::fmt::Debug for PendingReply {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("PendingReply")
-            .field("id", &self.id)
+            .field("remote", &self.session.remote())
             .finish()
     }
 }
@@ -440,26 +526,45 @@ impl PendingReply {
     }
 
     /// Like [`PendingReply::wait`], also returning the request if it was sent with `keep` and
-    /// the writer got to encode it.
-    pub(crate) async fn wait_keeping(mut self) -> Answer {
-        match tokio::time::timeout_at(self.deadline, &mut self.rx).await {
-            Ok(Ok(answer)) => answer,
-            Ok(Err(_)) => (
+    /// the writer got to encode it. The session's expiry task answers at the deadline.
+    pub(crate) async fn wait_keeping(self) -> Answer {
+        match self.rx.await {
+            Ok(answer) => answer,
+            Err(_) => (
                 Err(ClientError::ConnectionLost(
                     "the request was dropped with its connection".into(),
                 )),
                 None,
             ),
-            Err(_) => {
-                self.session.waiters.cancel(self.id);
-                (Err(ClientError::Timeout(self.timeout)), None)
-            }
         }
     }
 
     /// The node the request went to.
     pub(crate) fn remote(&self) -> SocketAddr {
         self.session.remote()
+    }
+}
+
+/// Answers the requests of one session that are still unanswered at their deadline, until the
+/// session fails (which answers all of them).
+async fn expire_loop(waiters: Arc<Waiters>) {
+    loop {
+        let notified = waiters.expiry.notified();
+        tokio::pin!(notified);
+        // Registered before looking, so a wake-up between the look and the wait is not lost.
+        notified.as_mut().enable();
+        if waiters.is_failed() {
+            return;
+        }
+        match waiters.expire(Instant::now()) {
+            Some(next) => {
+                tokio::select! {
+                    () = tokio::time::sleep_until(next) => {}
+                    () = &mut notified => {}
+                }
+            }
+            None => notified.await,
+        }
     }
 }
 
@@ -581,16 +686,44 @@ mod tests {
     use super::*;
     use weir_proto::{Committed, ErrorCode, ErrorReply, Offset, TimestampMs};
 
-    fn waiter() -> (Waiter, oneshot::Receiver<Answer>) {
+    fn remote() -> SocketAddr {
+        "127.0.0.1:7000".parse().unwrap()
+    }
+
+    fn waiters() -> Waiters {
+        Waiters::new(remote())
+    }
+
+    /// A waiter whose deadline is `in_ms` from now.
+    fn waiter_due(in_ms: u64) -> (Waiter, oneshot::Receiver<Answer>) {
         let (tx, rx) = oneshot::channel();
         (
             Waiter {
-                tx,
+                on_answer: Box::new(move |answer, from| {
+                    assert_eq!(from, remote());
+                    let _ = tx.send(answer);
+                }),
                 _permits: Vec::new(),
                 request: None,
+                deadline: Instant::now() + Duration::from_millis(in_ms),
+                timeout: Duration::from_millis(in_ms),
             },
             rx,
         )
+    }
+
+    fn waiter() -> (Waiter, oneshot::Receiver<Answer>) {
+        waiter_due(60_000)
+    }
+
+    fn put(topic: &str) -> Request {
+        Request::Put(weir_proto::Put {
+            topic: topic.to_owned(),
+            key: None,
+            value: Vec::new(),
+            producer_id: weir_proto::ProducerId(1),
+            seq: Seq(0),
+        })
     }
 
     fn committed(offset: u64) -> Reply {
@@ -603,11 +736,17 @@ mod tests {
 
     #[test]
     fn out_of_order_replies_reach_the_request_with_their_id() {
-        let waiters = Waiters::default();
+        let waiters = waiters();
         let (w1, mut rx1) = waiter();
         let (w2, mut rx2) = waiter();
-        waiters.register(RequestId(1), w1, None).unwrap();
-        waiters.register(RequestId(2), w2, None).unwrap();
+        waiters
+            .register(RequestId(1), w1, false)
+            .map_err(|(e, _)| e)
+            .unwrap();
+        waiters
+            .register(RequestId(2), w2, false)
+            .map_err(|(e, _)| e)
+            .unwrap();
 
         let mut bytes = Vec::new();
         for (id, off) in [(2, 20), (1, 10)] {
@@ -634,9 +773,12 @@ mod tests {
 
     #[test]
     fn a_failed_stream_fails_outstanding_and_later_requests() {
-        let waiters = Waiters::default();
+        let waiters = waiters();
         let (w1, mut rx1) = waiter();
-        waiters.register(RequestId(1), w1, None).unwrap();
+        waiters
+            .register(RequestId(1), w1, false)
+            .map_err(|(e, _)| e)
+            .unwrap();
         waiters.fail(ClientError::ConnectionLost("gone".into()));
         assert_eq!(
             rx1.try_recv().unwrap().0,
@@ -644,7 +786,9 @@ mod tests {
         );
         let (w2, _rx2) = waiter();
         assert_eq!(
-            waiters.register(RequestId(2), w2, None),
+            waiters
+                .register(RequestId(2), w2, false)
+                .map_err(|(e, _)| e),
             Err(ClientError::ConnectionLost("gone".into()))
         );
         assert!(waiters.is_failed());
@@ -652,11 +796,17 @@ mod tests {
 
     #[test]
     fn a_kept_request_comes_back_with_its_reply_or_its_failure() {
-        let waiters = Waiters::default();
+        let waiters = waiters();
         let (w1, mut rx1) = waiter();
         let (w2, mut rx2) = waiter();
-        waiters.register(RequestId(1), w1, None).unwrap();
-        waiters.register(RequestId(2), w2, None).unwrap();
+        waiters
+            .register(RequestId(1), w1, false)
+            .map_err(|(e, _)| e)
+            .unwrap();
+        waiters
+            .register(RequestId(2), w2, false)
+            .map_err(|(e, _)| e)
+            .unwrap();
         waiters.keep(RequestId(1), Request::Status);
         waiters.keep(RequestId(2), Request::ListTopics);
         // Keeping for a request nobody waits for any more just drops it.
@@ -679,7 +829,7 @@ mod tests {
 
     #[tokio::test]
     async fn the_put_watch_reports_the_topics_of_puts_waiting_too_long_and_ends_on_failure() {
-        let waiters = Arc::new(Waiters::default());
+        let waiters = Arc::new(waiters());
         let watch = PutWatch {
             waiters: waiters.clone(),
         };
@@ -687,14 +837,20 @@ mod tests {
         for (id, topic) in [(1, None), (2, Some("a")), (3, Some("b")), (4, Some("a"))] {
             let (w, rx) = waiter();
             receivers.push(rx);
-            waiters.register(RequestId(id), w, topic).unwrap();
+            waiters
+                .register(RequestId(id), w, topic.is_some())
+                .map_err(|(e, _)| e)
+                .unwrap();
+            if let Some(topic) = topic {
+                waiters.keep(RequestId(id), put(topic));
+            }
         }
         // Only PUTs count, each topic once, oldest first.
         let slow = watch.slow_puts(Duration::from_millis(5)).await;
         assert_eq!(slow, Some(vec!["a".to_owned(), "b".to_owned()]));
         // Answered or cancelled PUTs no longer count.
         assert!(waiters.complete(RequestId(2), Ok(committed(1))));
-        waiters.cancel(RequestId(4));
+        waiters.take(RequestId(4));
         let slow = watch.slow_puts(Duration::from_millis(5)).await;
         assert_eq!(slow, Some(vec!["b".to_owned()]));
         assert!(waiters.complete(RequestId(3), Ok(committed(2))));
@@ -715,15 +871,57 @@ mod tests {
         );
     }
 
+    #[tokio::test]
+    async fn a_request_unanswered_at_its_deadline_times_out_even_behind_a_later_deadline() {
+        let waiters = Arc::new(waiters());
+        let expiry = tokio::spawn(expire_loop(waiters.clone()));
+        // The expiry task goes to sleep with nothing to wait for.
+        tokio::task::yield_now().await;
+        let (late, mut rx_late) = waiter_due(60_000);
+        waiters
+            .register(RequestId(1), late, true)
+            .map_err(|(e, _)| e)
+            .unwrap();
+        tokio::task::yield_now().await;
+        // Now it sleeps until the late deadline: a sooner one must wake it.
+        let (soon, rx_soon) = waiter_due(20);
+        waiters
+            .register(RequestId(2), soon, true)
+            .map_err(|(e, _)| e)
+            .unwrap();
+        let (result, _) = tokio::time::timeout(Duration::from_secs(10), rx_soon)
+            .await
+            .expect("the sooner deadline was not honoured")
+            .unwrap();
+        assert_eq!(result, Err(ClientError::Timeout(Duration::from_millis(20))));
+        assert!(rx_late.try_recv().is_err(), "the later request still waits");
+        assert!(waiters.oldest_put().flatten().is_some());
+        assert!(
+            !waiters.complete(RequestId(2), Ok(committed(1))),
+            "answered once"
+        );
+
+        // A failure ends the expiry task and answers what is left.
+        waiters.fail(ClientError::ConnectionLost("gone".into()));
+        tokio::time::timeout(Duration::from_secs(10), expiry)
+            .await
+            .expect("the expiry task did not end")
+            .unwrap();
+        assert_eq!(
+            rx_late.try_recv().unwrap().0,
+            Err(ClientError::ConnectionLost("gone".into()))
+        );
+    }
+
     #[test]
     fn a_reply_for_an_unknown_id_is_ignored() {
-        let waiters = Waiters::default();
+        let waiters = waiters();
         assert!(!waiters.complete(RequestId(9), Ok(committed(0))));
     }
 
     #[test]
     fn an_oversized_frame_header_from_the_node_is_a_protocol_error() {
-        let waiters = Waiters::default();
+        let waiters = waiters();
         let mut decoder = FrameDecoder::new(FRAME_BYTES_MAX);
         decoder.extend(&u32::MAX.to_be_bytes());
         assert!(matches!(
