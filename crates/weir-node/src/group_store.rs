@@ -68,6 +68,7 @@
 //! [`GroupStore::failure`] reports (and that also stops every later write).
 
 use std::cell::OnceCell;
+use std::collections::VecDeque;
 use std::fmt;
 use std::fs::{self, File, OpenOptions, TryLockError};
 use std::io::{self, Write};
@@ -108,6 +109,12 @@ const SNAPSHOT_META_BYTES_MAX: usize = 64 * 1024;
 const READ_BATCH_BYTES: usize = 1024 * 1024;
 /// Records asked of the log per read.
 const READ_BATCH_RECORDS: usize = 4096;
+/// Most entries kept in memory after their append ([`GroupStore::entries`] serves them without
+/// reading the log back): twice the PUTs a topic admits at once, so what a leader applies or
+/// sends to followers next is almost always still there.
+pub const TAIL_CACHE_ENTRIES_MAX: usize = 8192;
+/// Most bytes ([`Entry::size_bytes`]) of those entries: bounds the memory per group.
+pub const TAIL_CACHE_BYTES_MAX: usize = 2 * 1024 * 1024;
 
 /// Extracts the leader-assigned timestamp a `Normal` payload carries, if any.
 pub type TimestampOf = fn(&Payload) -> Option<TimestampMs>;
@@ -199,6 +206,8 @@ pub struct GroupStore {
     terms: TermRuns,
     /// Timestamp of the log's last record (0 when the log is empty).
     last_timestamp: TimestampMs,
+    /// The last entries appended, in memory: see [`TailCache`].
+    tail: TailCache,
     /// First failure of a write, or corruption found by a read. Sticky.
     failure: OnceCell<String>,
     _lock: File,
@@ -270,6 +279,7 @@ impl GroupStore {
             snapshot,
             terms: TermRuns::default(),
             last_timestamp: TimestampMs::ZERO,
+            tail: TailCache::default(),
             failure: OnceCell::new(),
             _lock: lock,
         };
@@ -375,6 +385,10 @@ impl GroupStore {
         }
         let from = first.index.0 - 1;
         let result = self.append_inner(entries, from, &buf, &ends);
+        if result.is_err() {
+            // The append may have stopped halfway: the cache no longer matches the log.
+            self.tail.clear();
+        }
         result.map_err(|e| self.poison(e))
     }
 
@@ -521,6 +535,7 @@ impl GroupStore {
         ends: &[usize],
     ) -> Result<(), GroupStoreError> {
         if from < self.next {
+            self.tail.truncate_from(LogIndex(from + 1));
             self.log.truncate_from(Offset(from))?;
             self.next = from;
             self.terms.truncate_from(LogIndex(from + 1));
@@ -552,6 +567,7 @@ impl GroupStore {
             self.last_timestamp = timestamp;
         }
         log.commit()?;
+        self.tail.extend(entries);
         Ok(())
     }
 
@@ -569,6 +585,7 @@ impl GroupStore {
         let last = snapshot.meta.last_index;
         self.snapshot = Some(snapshot);
         self.terms.trim_below(last.next());
+        self.tail.trim_below(last.next());
         tracing::debug!(%last, "compacted");
         self.delete_covered_segments()
     }
@@ -578,6 +595,7 @@ impl GroupStore {
     /// empty one at `base`; open repairs the old one, since the snapshot is already durable).
     /// The log stays open: readers taken from it keep working.
     fn reset_log_to(&mut self, base: u64) -> Result<(), GroupStoreError> {
+        self.tail.clear();
         self.log.reset_to(Offset(base))?;
         self.storage_start = self.log.start_offset().get();
         self.next = self.log.next_offset().get();
@@ -803,6 +821,9 @@ impl LogStore for GroupStore {
         if lo >= hi || lo < self.first_index() {
             return out;
         }
+        if let Some(cached) = self.tail.entries(lo, hi, max_bytes) {
+            return cached;
+        }
         let mut bytes = 0usize;
         let mut next = lo.0;
         while next < hi.0 {
@@ -869,6 +890,86 @@ impl LogStore for GroupStore {
             }
         }
         out
+    }
+}
+
+/// The entries appended last, contiguous and ending at the store's last index (when not
+/// empty), bounded by [`TAIL_CACHE_ENTRIES_MAX`] and [`TAIL_CACHE_BYTES_MAX`]: applying and
+/// replicating read the newest entries, and this spares them a read and a decode of each.
+/// Kept in step with the log: truncated with it, trimmed by compaction, emptied by a reset.
+#[derive(Debug, Default)]
+struct TailCache {
+    entries: VecDeque<Entry>,
+    bytes: usize,
+}
+
+impl TailCache {
+    /// Adds `entries`, just appended after what the cache holds (else the cache restarts with
+    /// them), then forgets the oldest past the bounds.
+    fn extend(&mut self, entries: &[Entry]) {
+        let Some(first) = entries.first() else {
+            return;
+        };
+        if self.entries.back().is_some_and(|last| last.index.next() != first.index) {
+            self.clear();
+        }
+        for entry in entries {
+            self.bytes += entry.size_bytes();
+            self.entries.push_back(entry.clone());
+        }
+        while self.entries.len() > TAIL_CACHE_ENTRIES_MAX || self.bytes > TAIL_CACHE_BYTES_MAX {
+            let Some(oldest) = self.entries.pop_front() else {
+                break;
+            };
+            self.bytes -= oldest.size_bytes();
+        }
+    }
+
+    /// Forgets entries `>= index`.
+    fn truncate_from(&mut self, index: LogIndex) {
+        while self.entries.back().is_some_and(|last| last.index >= index) {
+            if let Some(gone) = self.entries.pop_back() {
+                self.bytes -= gone.size_bytes();
+            }
+        }
+    }
+
+    /// Forgets entries `< index`.
+    fn trim_below(&mut self, index: LogIndex) {
+        while self.entries.front().is_some_and(|first| first.index < index) {
+            if let Some(gone) = self.entries.pop_front() {
+                self.bytes -= gone.size_bytes();
+            }
+        }
+    }
+
+    fn clear(&mut self) {
+        self.entries.clear();
+        self.bytes = 0;
+    }
+
+    /// `lo..hi` (within the store's range, `lo < hi`) under the same byte budget as
+    /// [`LogStore::entries`], if the cache holds `lo`; it holds everything above `lo` then.
+    fn entries(&self, lo: LogIndex, hi: LogIndex, max_bytes: usize) -> Option<Vec<Entry>> {
+        let first = self.entries.front()?.index;
+        if lo < first {
+            return None;
+        }
+        let skip = usize::try_from(lo.0 - first.0).ok()?;
+        if skip >= self.entries.len() {
+            return None;
+        }
+        let want = usize::try_from(hi.0 - lo.0).unwrap_or(usize::MAX);
+        let mut out = Vec::with_capacity(want.min(self.entries.len() - skip));
+        let mut bytes = 0usize;
+        for entry in self.entries.iter().skip(skip).take(want) {
+            bytes = bytes.saturating_add(entry.size_bytes());
+            if !out.is_empty() && bytes > max_bytes {
+                break;
+            }
+            out.push(entry.clone());
+        }
+        Some(out)
     }
 }
 

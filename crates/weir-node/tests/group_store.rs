@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use weir_node::group_store::{
     GroupStore, GroupStoreError, HARD_STATE_FILE_NAME, LOG_DIR_NAME, SNAPSHOT_FILE_NAME,
-    decode_record,
+    TAIL_CACHE_ENTRIES_MAX, decode_record,
 };
 use weir_proto::TimestampMs;
 use weir_raft::testing::MemStore;
@@ -254,6 +254,40 @@ fn entries_never_return_truncated_records() {
     for e in &got {
         assert_eq!(store.term(e.index), Some(e.term));
     }
+}
+
+#[test]
+fn entries_past_the_in_memory_tail_are_read_from_the_log_and_both_agree() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = GroupStore::open(dir.path(), LogConfig::default(), timestamp_of).unwrap();
+    let last = TAIL_CACHE_ENTRIES_MAX as u64 + 500;
+    for from in (1..=last).step_by(250) {
+        store.append(&run(from, (from + 249).min(last), 1)).unwrap();
+    }
+    // The oldest entries fell out of memory: a range starting there comes from the log, one
+    // starting near the end from memory; both must equal what was appended.
+    let expected = run(1, last, 1);
+    assert_eq!(all_entries(&store), expected);
+    let near_end = store.entries(LogIndex(last - 10), LogIndex(last + 1), usize::MAX);
+    assert_eq!(near_end, expected[(last - 11) as usize..]);
+    // The byte budget cuts a range from memory as it cuts one from the log.
+    let budget = expected[(last - 11) as usize].size_bytes() * 3;
+    let cut = store.entries(LogIndex(last - 10), LogIndex(last + 1), budget);
+    assert_eq!(cut, expected[(last - 11) as usize..(last - 8) as usize]);
+    // A conflicting append replaces the cached suffix too.
+    store.append(&run(last - 5, last - 5, 2)).unwrap();
+    let tail = store.entries(LogIndex(last - 7), LogIndex(last + 1), usize::MAX);
+    let mut want = run(last - 7, last - 6, 1);
+    want.push(entry(last - 5, 2));
+    assert_eq!(tail, want);
+    store.sync().unwrap();
+    drop(store);
+    let store = GroupStore::open(dir.path(), LogConfig::default(), timestamp_of).unwrap();
+    assert_eq!(
+        store.entries(LogIndex(last - 7), LogIndex(last + 1), usize::MAX),
+        want,
+        "what the log holds on disk"
+    );
 }
 
 #[test]
@@ -589,9 +623,12 @@ fn io_failure_poisons_every_later_write() {
 fn read_corruption_is_reported_as_a_sticky_failure() {
     let dir = tempfile::tempdir().unwrap();
     let config = LogConfig::default();
-    let mut store = GroupStore::open(dir.path(), config, timestamp_of).unwrap();
+    let mut store = GroupStore::open(dir.path(), config.clone(), timestamp_of).unwrap();
     store.append(&run(1, 10, 1)).unwrap();
     store.sync().unwrap();
+    // Reopened, so the entries are no longer in memory since their append.
+    drop(store);
+    let mut store = GroupStore::open(dir.path(), config, timestamp_of).unwrap();
     // The disk rots under the open store.
     let (file, len) = active_segment(dir.path());
     let mut bytes = fs::read(&file).unwrap();
