@@ -96,16 +96,16 @@ impl Waiters {
     }
 
     /// Registers the waiter of request `id` (a PUT if `is_put`). A failed stream gives the
-    /// waiter back with its error.
+    /// waiter's callback back, uncalled, with its error.
     fn register(
         &self,
         id: RequestId,
         waiter: Waiter,
         is_put: bool,
-    ) -> Result<(), (ClientError, Waiter)> {
+    ) -> Result<(), (ClientError, OnAnswer)> {
         let mut state = self.lock();
         if let Some(err) = &state.failed {
-            return Err((err.clone(), waiter));
+            return Err((err.clone(), waiter.on_answer));
         }
         let deadline = (waiter.deadline, id);
         let soonest = state
@@ -482,8 +482,8 @@ impl Session {
             timeout,
         };
         let is_put = matches!(request, Request::Put(_));
-        if let Err((err, waiter)) = self.waiters.register(id, waiter, is_put) {
-            return Err((NotSent { err, request }, waiter.on_answer));
+        if let Err((err, on_answer)) = self.waiters.register(id, waiter, is_put) {
+            return Err((NotSent { err, request }, on_answer));
         }
         // Reserve a slot first, so that a timeout or a stopped writer leaves the request here.
         let err = match tokio::time::timeout_at(deadline, self.queue.reserve()).await {

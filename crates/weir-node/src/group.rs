@@ -54,6 +54,9 @@ use crate::peer::{GroupId, PeerNet};
 
 /// Most inputs handled in one round (one fsync) before the thread fsyncs and reports.
 pub const GROUP_INPUT_BATCH_MAX: usize = 1024;
+/// Most proposals in one [`GroupHandle::propose_batch`] input: one step of the group thread,
+/// so bounded like the inputs it takes per round.
+pub const PROPOSE_BATCH_MAX: usize = 1024;
 /// Most proposals waiting for their Apply; beyond it `propose` answers `Busy`.
 pub const PROPOSALS_PENDING_MAX: usize = weir_raft::UNSTABLE_ENTRIES_MAX;
 /// Longest the thread blocks when the core has no timer (a learner, a failed group).
@@ -214,6 +217,8 @@ pub struct GroupStatus {
 enum Input {
     Deliver(Envelope),
     Propose(Vec<u8>, ReplyOnce),
+    /// Proposed together: one append and one round of AppendEntries for all of them.
+    ProposeBatch(Vec<(Vec<u8>, ReplyOnce)>),
     ProposeMembership(MembershipChange, ReplyOnce),
     Transfer(NodeId),
     Stop,
@@ -413,6 +418,23 @@ impl GroupHandle {
             .send(Input::Propose(data, ReplyOnce(Some(reply))));
     }
 
+    /// Proposes each of `batch` in order, as many [`GroupHandle::propose`] calls would, but as
+    /// one step of the group thread: the entries are appended with one write and sent to the
+    /// followers together (at most [`PROPOSE_BATCH_MAX`] at a time: a longer batch is split).
+    pub fn propose_batch(&self, batch: Vec<(Vec<u8>, ProposalReply)>) {
+        let mut batch = batch
+            .into_iter()
+            .map(|(data, reply)| (data, ReplyOnce(Some(reply))));
+        loop {
+            let chunk: Vec<(Vec<u8>, ReplyOnce)> = batch.by_ref().take(PROPOSE_BATCH_MAX).collect();
+            if chunk.is_empty() {
+                return;
+            }
+            // If the thread is gone, the returned input drops its replies: `Stopped`.
+            let _ = self.inner.tx.send(Input::ProposeBatch(chunk));
+        }
+    }
+
     /// Proposes a one-server membership change; `reply` is called once it is applied, or with
     /// why not (`Rejected(MembershipChangePending)` while another change is uncommitted).
     pub fn propose_membership(&self, change: MembershipChange, reply: ProposalReply) {
@@ -604,6 +626,7 @@ impl Runner {
                 }
             }
             Input::Propose(data, reply) => self.propose(Proposal::Data(data), reply),
+            Input::ProposeBatch(batch) => self.propose_batch(batch),
             Input::ProposeMembership(change, reply) => {
                 self.propose(Proposal::Membership(change), reply)
             }
@@ -688,6 +711,17 @@ impl Runner {
             }
             Proposal::Membership(change) => self.raft.propose_membership(now, change),
         };
+        self.proposed(result, timestamp_ms, reply);
+        self.drain();
+    }
+
+    /// Files a proposal the core took as pending (answered at its apply), or answers why not.
+    fn proposed(
+        &mut self,
+        result: Result<(LogIndex, Term), ProposeError>,
+        timestamp_ms: TimestampMs,
+        reply: ReplyOnce,
+    ) {
         match result {
             Ok((index, term)) => {
                 // An older proposal at this index can no longer commit: this term replaced it.
@@ -700,6 +734,42 @@ impl Runner {
             }
             Err(ProposeError::Busy) => reply.send(Err(ProposalError::Busy)),
             Err(e) => reply.send(Err(ProposalError::Rejected(e))),
+        }
+    }
+
+    /// [`Runner::propose`] for many, as one step of the core (`Raft::propose_batch`).
+    fn propose_batch(&mut self, batch: Vec<(Vec<u8>, ReplyOnce)>) {
+        if let Some(reason) = &self.failure {
+            for (_, reply) in batch {
+                reply.send(Err(ProposalError::Storage(reason.clone())));
+            }
+            return;
+        }
+        let room = PROPOSALS_PENDING_MAX.saturating_sub(self.pending.len());
+        // As in `propose`: stamped on the group thread (one stamp for the batch), leader only.
+        let stamp = (self.stamp_timestamps && self.raft.role() == Role::Leader).then(|| {
+            let last = self.raft.store().last_timestamp();
+            TimestampMs(crate::clock::now_ms().max(last.0))
+        });
+        let mut datas = Vec::with_capacity(batch.len().min(room));
+        let mut replies = Vec::with_capacity(batch.len().min(room));
+        for (i, (mut data, reply)) in batch.into_iter().enumerate() {
+            if i >= room {
+                reply.send(Err(ProposalError::Busy));
+                continue;
+            }
+            if let Some(timestamp_ms) = stamp {
+                weir_proto::entry::stamp_timestamp(&mut data, timestamp_ms);
+            }
+            datas.push(data);
+            replies.push(reply);
+        }
+        let now = self.now();
+        let results = self.raft.propose_batch(now, datas);
+        debug_assert_eq!(results.len(), replies.len(), "one result per proposal");
+        let timestamp_ms = stamp.unwrap_or(TimestampMs::ZERO);
+        for (result, reply) in results.into_iter().zip(replies) {
+            self.proposed(result, timestamp_ms, reply);
         }
         self.drain();
     }

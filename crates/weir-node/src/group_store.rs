@@ -910,7 +910,11 @@ impl TailCache {
         let Some(first) = entries.first() else {
             return;
         };
-        if self.entries.back().is_some_and(|last| last.index.next() != first.index) {
+        if self
+            .entries
+            .back()
+            .is_some_and(|last| last.index.next() != first.index)
+        {
             self.clear();
         }
         for entry in entries {
@@ -936,7 +940,11 @@ impl TailCache {
 
     /// Forgets entries `< index`.
     fn trim_below(&mut self, index: LogIndex) {
-        while self.entries.front().is_some_and(|first| first.index < index) {
+        while self
+            .entries
+            .front()
+            .is_some_and(|first| first.index < index)
+        {
             if let Some(gone) = self.entries.pop_front() {
                 self.bytes -= gone.size_bytes();
             }

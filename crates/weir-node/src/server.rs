@@ -31,6 +31,12 @@ pub const STREAMS_PER_CONNECTION_MAX: u32 = 256;
 /// Most PUTs in flight (received, not yet answered) per stream. Past it the node stops reading
 /// the stream, and QUIC flow control pushes back on the client.
 pub const PUTS_IN_FLIGHT_PER_STREAM_MAX: usize = 8192;
+/// Most PUTs of one stream proposed together: those already decoded when the first is taken
+/// (what one read brought), so batching never waits for more. Below both the stream's and the
+/// topic's in-flight limits, so a batch can always get its permits.
+pub const PUT_BATCH_MAX: usize = 256;
+const _: () = assert!(PUT_BATCH_MAX <= PUTS_IN_FLIGHT_PER_STREAM_MAX);
+const _: () = assert!(PUT_BATCH_MAX <= crate::topic::PUTS_PENDING_PER_TOPIC_MAX);
 /// Bytes read from a stream at a time.
 const READ_CHUNK_BYTES: usize = 64 * 1024;
 /// Replies coalesced into one write stop growing at this size.
@@ -203,6 +209,49 @@ async fn handle_stream(ctx: Arc<Ctx>, mut send: quinn::SendStream, mut recv: qui
                 }
             },
         };
+        let frame = match frame.request {
+            Request::Put(put) => {
+                // Every PUT already decoded behind this one goes with it: proposed together,
+                // one write and one round of replication for all.
+                let mut puts = vec![(frame.id, put)];
+                let mut bad = None;
+                while puts.len() < PUT_BATCH_MAX {
+                    match decoder.next::<ClientFrame>() {
+                        Ok(Some(ClientFrame {
+                            id,
+                            request: Request::Put(put),
+                        })) => puts.push((id, put)),
+                        Ok(Some(other)) => {
+                            next = Some(other);
+                            break;
+                        }
+                        Ok(None) => break,
+                        Err(e) => {
+                            bad = Some(e);
+                            break;
+                        }
+                    }
+                }
+                if !put_batch(&ctx, puts, &tx, &in_flight).await {
+                    let _ = recv.stop(0u32.into());
+                    break;
+                }
+                if let Some(e) = bad {
+                    tracing::info!(error = %e, "bad frame; closing the stream");
+                    let _ = tx.send(ServerFrame {
+                        id: UNDECODABLE_FRAME_ID,
+                        reply: Reply::Error(frame_error_reply(&e)),
+                    });
+                    let _ = recv.stop(0u32.into());
+                    break;
+                }
+                continue;
+            }
+            request => ClientFrame {
+                id: frame.id,
+                request,
+            },
+        };
         if !dispatch(&ctx, frame, &tx, &in_flight).await {
             let _ = recv.stop(0u32.into());
             break;
@@ -225,20 +274,7 @@ async fn dispatch(
         let _ = tx.send(ServerFrame { id, reply });
     };
     match frame.request {
-        Request::Put(put) => {
-            // Waiting here is the backpressure: this stream is not read while it is full.
-            let Ok(permit) = in_flight.clone().acquire_owned().await else {
-                return false;
-            };
-            let reply_to = ReplyTo {
-                id,
-                tx: tx.clone(),
-                permit: Some(permit),
-                admitted: None,
-            };
-            // Awaited, so this stream's PUTs are proposed in the order they came.
-            put_request(ctx, put, reply_to).await;
-        }
+        Request::Put(put) => return put_batch(ctx, vec![(id, put)], tx, in_flight).await,
         Request::Hello {
             protocol_version, ..
         } => {
@@ -358,50 +394,114 @@ fn peer_statuses(ctx: &Ctx) -> Vec<PeerStatus> {
         .collect()
 }
 
-async fn put_request(ctx: &Ctx, put: Put, mut reply_to: ReplyTo) {
+/// Proposes `puts` (in order, as they came on one stream): each checked on its own (a
+/// refused one is answered and the rest go on), then the runs of one topic proposed together.
+/// Returns false if the stream must close.
+async fn put_batch(
+    ctx: &Ctx,
+    puts: Vec<(RequestId, Put)>,
+    tx: &mpsc::UnboundedSender<ServerFrame>,
+    in_flight: &Arc<Semaphore>,
+) -> bool {
+    debug_assert!(puts.len() <= PUT_BATCH_MAX);
+    let count = u32::try_from(puts.len()).unwrap_or(u32::MAX);
+    // Waiting here is the backpressure: this stream is not read while it is full.
+    let Ok(mut permits) = in_flight.clone().acquire_many_owned(count).await else {
+        return false;
+    };
+    let mut puts = puts.into_iter().peekable();
+    while let Some((id, put)) = puts.next() {
+        let reply_to = ReplyTo {
+            id,
+            tx: tx.clone(),
+            permit: permits.split(1),
+            admitted: None,
+        };
+        if let Err(e) = check_put(ctx, &put) {
+            reply_to.send(Reply::Error(e));
+            continue;
+        }
+        let topic = match ctx.cluster.topic_or_redirect(&put.topic) {
+            Ok(t) => t,
+            Err(e) => {
+                reply_to.send(Reply::Error(e));
+                continue;
+            }
+        };
+        // This PUT and the valid ones right behind it for the same topic: one proposal batch.
+        let mut run = vec![(put, reply_to)];
+        while let Some((_, next)) = puts.peek() {
+            if next.topic != run[0].0.topic || check_put(ctx, next).is_err() {
+                break;
+            }
+            let Some((id, put)) = puts.next() else { break };
+            run.push((
+                put,
+                ReplyTo {
+                    id,
+                    tx: tx.clone(),
+                    permit: permits.split(1),
+                    admitted: None,
+                },
+            ));
+        }
+        // Waiting for room is the backpressure: this stream is not read meanwhile.
+        let mut admitted = match topic.admit(run.len()).await {
+            Ok(permit) => permit,
+            Err(e) => {
+                for (_, reply_to) in run {
+                    reply_to.send(Reply::Error(e.clone()));
+                }
+                continue;
+            }
+        };
+        let mut entries = Vec::with_capacity(run.len());
+        for (put, mut reply_to) in run {
+            reply_to.admitted = admitted.split(1);
+            let key_bytes = put.key.as_ref().map_or(0, Vec::len);
+            let mut entry = Vec::with_capacity(put.value.len() + key_bytes + 32);
+            match encode_entry(
+                put.producer_id,
+                put.seq,
+                put.key.as_deref(),
+                &put.value,
+                &mut entry,
+            ) {
+                Ok(()) => entries.push((entry, reply_to)),
+                Err(e) => reply_to.send(Reply::Error(ErrorReply::new(
+                    ErrorCode::Internal,
+                    e.to_string(),
+                ))),
+            }
+        }
+        topic.append_batch(entries);
+    }
+    true
+}
+
+/// This node's limits on one PUT.
+fn check_put(ctx: &Ctx, put: &Put) -> Result<(), ErrorReply> {
     let key_bytes = put.key.as_ref().map_or(0, Vec::len);
     if key_bytes > ctx.max_key_bytes {
-        return reply_to.send(Reply::Error(ErrorReply::new(
+        return Err(ErrorReply::new(
             ErrorCode::TooLarge,
             format!(
                 "key of {key_bytes} bytes exceeds this node's limit of {} bytes",
                 ctx.max_key_bytes
             ),
-        )));
+        ));
     }
     if put.value.len() > ctx.max_message_bytes {
-        return reply_to.send(Reply::Error(ErrorReply::new(
+        return Err(ErrorReply::new(
             ErrorCode::TooLarge,
             format!(
                 "message of {} bytes exceeds this node's limit of {} bytes (max_message_bytes)",
                 put.value.len(),
                 ctx.max_message_bytes
             ),
-        )));
+        ));
     }
-    let topic = match ctx.cluster.topic_or_redirect(&put.topic) {
-        Ok(t) => t,
-        Err(e) => return reply_to.send(Reply::Error(e)),
-    };
-    // Waiting for room is the backpressure: this stream is not read meanwhile.
-    match topic.admit().await {
-        Ok(permit) => reply_to.admitted = Some(permit),
-        Err(e) => return reply_to.send(Reply::Error(e)),
-    }
-    let mut entry = Vec::with_capacity(put.value.len() + key_bytes + 32);
-    if let Err(e) = encode_entry(
-        put.producer_id,
-        put.seq,
-        put.key.as_deref(),
-        &put.value,
-        &mut entry,
-    ) {
-        return reply_to.send(Reply::Error(ErrorReply::new(
-            ErrorCode::Internal,
-            e.to_string(),
-        )));
-    }
-    topic.append(entry, reply_to);
+    Ok(())
 }
 
 async fn write_replies(mut send: quinn::SendStream, mut rx: mpsc::UnboundedReceiver<ServerFrame>) {

@@ -319,52 +319,77 @@ impl Topic {
         }
     }
 
-    /// Proposes one encoded entry (weir_proto::entry); the reply goes to `reply` once the entry
-    /// is committed and applied here, or says why not.
-    /// Room for one more PUT: waits (at most [`PUT_ADMISSION_WAIT_MS_MAX`]) while
-    /// [`PUTS_PENDING_PER_TOPIC_MAX`] wait for their commit, then `Busy`. The permit goes into
-    /// the PUT's [`ReplyTo`] and is released with its answer.
-    pub async fn admit(&self) -> Result<OwnedSemaphorePermit, ErrorReply> {
+    /// Room for `n` more PUTs (at most [`PUTS_PENDING_PER_TOPIC_MAX`]): waits (at most
+    /// [`PUT_ADMISSION_WAIT_MS_MAX`]) while [`PUTS_PENDING_PER_TOPIC_MAX`] wait for their
+    /// commit, then `Busy`. One permit per PUT goes into its [`ReplyTo`] and is released with
+    /// its answer (split them off with `OwnedSemaphorePermit::split`).
+    pub async fn admit(&self, n: usize) -> Result<OwnedSemaphorePermit, ErrorReply> {
+        debug_assert!(
+            n <= PUTS_PENDING_PER_TOPIC_MAX,
+            "a batch larger than admission"
+        );
+        let n = u32::try_from(n.clamp(1, PUTS_PENDING_PER_TOPIC_MAX)).unwrap_or(1);
         let wait = Duration::from_millis(PUT_ADMISSION_WAIT_MS_MAX);
-        match tokio::time::timeout(wait, self.admission.clone().acquire_owned()).await {
+        match tokio::time::timeout(wait, self.admission.clone().acquire_many_owned(n)).await {
             Ok(Ok(permit)) => Ok(permit),
             // The semaphore is never closed; treated as full all the same.
             Ok(Err(_)) | Err(_) => Err(ErrorReply::new(
                 ErrorCode::Busy,
                 format!(
-                    "{:?} has {PUTS_PENDING_PER_TOPIC_MAX} PUTs waiting for their commit and                      none finished within {PUT_ADMISSION_WAIT_MS_MAX} ms; retry later (nothing                      was written)",
+                    "{:?} has {PUTS_PENDING_PER_TOPIC_MAX} PUTs waiting for their commit and \
+                     none finished within {PUT_ADMISSION_WAIT_MS_MAX} ms; retry later (nothing \
+                     was written)",
                     self.name
                 ),
             )),
         }
     }
 
-    pub fn append(&self, entry: Vec<u8>, reply: ReplyTo) {
+    /// Proposes encoded entries (weir_proto::entry), in order and together: one write and one
+    /// round of replication for all of them (see `GroupHandle::propose_batch`). Each reply
+    /// goes to its [`ReplyTo`] once its entry is committed and applied here, or says why not.
+    pub fn append_batch(&self, batch: Vec<(Vec<u8>, ReplyTo)>) {
         let open = match self.open_state() {
             Ok(o) => o,
-            Err(e) => return reply.send(Reply::Error(e)),
+            Err(e) => {
+                for (_, reply) in batch {
+                    reply.send(Reply::Error(e.clone()));
+                }
+                return;
+            }
         };
-        let name = self.name.clone();
-        let directory = self.directory.clone();
-        let handle = open.handle.clone();
-        open.handle.propose(
-            entry,
-            Box::new(move |result| {
-                reply.send(match result {
-                    Ok(Decided {
-                        index,
-                        timestamp_ms,
-                        program,
-                        ..
-                    }) => Reply::Committed(Committed {
-                        offset: Offset(index.0 - 1),
-                        timestamp_ms,
-                        program,
-                    }),
-                    Err(e) => Reply::Error(proposal_error(&name, e, &directory, &handle)),
-                })
-            }),
-        );
+        // What a failed proposal's answer needs, shared by the batch (not copied per entry).
+        let context = Arc::new((
+            self.name.clone(),
+            self.directory.clone(),
+            open.handle.clone(),
+        ));
+        let proposals = batch
+            .into_iter()
+            .map(|(entry, reply)| {
+                let context = context.clone();
+                let answer: crate::group::ProposalReply = Box::new(move |result| {
+                    reply.send(match result {
+                        Ok(Decided {
+                            index,
+                            timestamp_ms,
+                            program,
+                            ..
+                        }) => Reply::Committed(Committed {
+                            offset: Offset(index.0 - 1),
+                            timestamp_ms,
+                            program,
+                        }),
+                        Err(e) => {
+                            let (name, directory, handle) = &*context;
+                            Reply::Error(proposal_error(name, e, directory, handle))
+                        }
+                    })
+                });
+                (entry, answer)
+            })
+            .collect();
+        open.handle.propose_batch(proposals);
     }
 
     /// What listeners read: the log and the committed watch (offsets below it are

@@ -341,6 +341,78 @@ async fn pipelined_puts_on_eight_streams_share_fsyncs_and_get_distinct_increasin
 }
 
 #[tokio::test]
+async fn puts_sent_in_one_write_with_bad_ones_among_them_are_each_answered_in_order() -> Result<()>
+{
+    let dir = tempfile::tempdir()?;
+    let (node, conn) = node_with_topic_t(dir.path()).await?;
+    let mut s = Stream::open(&conn).await?;
+    let big = vec![0u8; weir_proto::limits::VALUE_BYTES_DEFAULT + 1];
+    let mut big_key = put("t", b"k");
+    if let Request::Put(p) = &mut big_key {
+        p.key = Some(vec![0; weir_proto::limits::KEY_BYTES_DEFAULT + 1]);
+    }
+    // One write: good PUTs with refused ones and a Status among them, and more PUTs than one
+    // batch takes, so the node proposes them in several batches.
+    let mut requests: Vec<(u64, Request)> = vec![
+        (1, put("t", b"good-1")),
+        (2, put("t", &big)),
+        (3, put("nope", b"unknown topic")),
+        (4, put("t", b"good-4")),
+        (5, big_key),
+        (6, Request::Status),
+    ];
+    let many = weir_node::server::PUT_BATCH_MAX as u64 + 50;
+    for id in 7..7 + many {
+        requests.push((id, put("t", format!("good-{id}").as_bytes())));
+    }
+    let mut buf = Vec::new();
+    for (id, request) in requests {
+        encode_frame(
+            &ClientFrame {
+                id: RequestId(id),
+                request,
+            },
+            &mut buf,
+        )?;
+    }
+    s.send.write_all(&buf).await?;
+    s.send.finish()?;
+    let mut committed = Vec::new();
+    let mut refused = Vec::new();
+    let mut status = false;
+    while let Some(f) = s.next().await? {
+        match f.reply {
+            Reply::Committed(c) => committed.push((f.id.0, c.offset)),
+            Reply::Status(_) => status = f.id == RequestId(6),
+            Reply::Error(e) => refused.push((f.id.0, e.code)),
+            other => bail!("unexpected reply {other:?}"),
+        }
+    }
+    assert!(status, "the Status in the middle was answered");
+    refused.sort_by_key(|(id, _)| *id);
+    assert_eq!(
+        refused,
+        vec![
+            (2, ErrorCode::TooLarge),
+            (3, ErrorCode::NotFound),
+            (5, ErrorCode::TooLarge)
+        ]
+    );
+    committed.sort();
+    let ids: Vec<u64> = committed.iter().map(|(id, _)| *id).collect();
+    let mut expected_ids = vec![1, 4];
+    expected_ids.extend(7..7 + many);
+    assert_eq!(ids, expected_ids, "every good PUT committed once");
+    // One stream's PUTs are proposed in the order they came: offsets follow the ids, and
+    // (one term, the no-op at 0) fill 1.. without a gap.
+    let offsets: Vec<Offset> = committed.iter().map(|(_, o)| *o).collect();
+    let expected: Vec<Offset> = (1..=offsets.len() as u64).map(Offset).collect();
+    assert_eq!(offsets, expected);
+    node.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test]
 async fn listener_follows_the_tail_and_sees_deletion() -> Result<()> {
     let dir = tempfile::tempdir()?;
     let (node, conn) = node_with_topic_t(dir.path()).await?;

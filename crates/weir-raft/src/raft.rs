@@ -393,6 +393,50 @@ impl<S: LogStore> Raft<S> {
         Ok((index, self.term))
     }
 
+    /// Proposes every payload of `batch`, in order, as many [`Raft::propose`] calls would, but
+    /// as one step: one `PersistEntries` output for all the accepted entries and one round of
+    /// appends to the followers, which is what makes group commit pay off. One result per
+    /// payload, in order: the accepted ones have consecutive indexes; a payload refused
+    /// (`TooLarge`, or `Busy` once the unstable log is full) does not stop the ones after it.
+    pub fn propose_batch(
+        &mut self,
+        now: Millis,
+        batch: Vec<Vec<u8>>,
+    ) -> Vec<Result<(LogIndex, Term), ProposeError>> {
+        self.now = now;
+        let mut results = Vec::with_capacity(batch.len());
+        let mut appended: Vec<Entry> = Vec::new();
+        for data in batch {
+            if let Err(e) = self.check_can_propose() {
+                results.push(Err(e));
+                continue;
+            }
+            if data.len() > ENTRY_BYTES_MAX {
+                results.push(Err(ProposeError::TooLarge));
+                continue;
+            }
+            let entry = Entry {
+                term: self.term,
+                index: self.last_index().next(),
+                payload: Payload::Normal(data),
+            };
+            results.push(Ok((entry.index, entry.term)));
+            self.unstable.push(entry.clone());
+            #[cfg(feature = "fault-injection")]
+            if self.config.bugs.commit_without_majority {
+                self.commit = entry.index;
+            }
+            appended.push(entry);
+        }
+        if !appended.is_empty() {
+            self.flush_hard_state();
+            self.outputs.push_back(Output::PersistEntries(appended));
+            self.broadcast_appends();
+        }
+        self.finish_step();
+        results
+    }
+
     /// Proposes a one-server configuration change (leader only). At most one uncommitted change;
     /// none before this leader has committed an entry of its term.
     pub fn propose_membership(
@@ -687,7 +731,10 @@ impl<S: LogStore> Raft<S> {
             true
         };
         if lo < self.unstable_offset {
-            let store_hi = hi.min(self.unstable_offset);
+            // Ask the store for no more than `max_count`: it would read (and decode) every
+            // entry up to its byte budget, only for all but `max_count` to be dropped here.
+            let count_hi = LogIndex(lo.0.saturating_add(max_count as u64));
+            let store_hi = hi.min(self.unstable_offset).min(count_hi);
             let mut expected = lo;
             for entry in self.store.entries(lo, store_hi, max_bytes) {
                 if entry.index != expected || entry.index >= store_hi {

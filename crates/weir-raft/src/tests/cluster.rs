@@ -105,10 +105,22 @@ impl Sim {
             .map(|n| n.id())
             .collect();
         if let Some(l) = leaders.first() {
-            let data = self.rng.next_u64().to_be_bytes().to_vec();
+            // Half the time a batch of 1 to 8 (propose_batch), else one proposal.
+            let batch = self.rng.next_u64() % 16;
+            let data: Vec<Vec<u8>> = (0..batch.saturating_sub(7).max(1))
+                .map(|_| self.rng.next_u64().to_be_bytes().to_vec())
+                .collect();
             let node = self.nodes.get_mut(l).expect("exists");
-            if let Ok(p) = node.raft.propose(now, data) {
-                self.proposals.push(p);
+            if batch < 8 {
+                for data in data {
+                    if let Ok(p) = node.raft.propose(now, data) {
+                        self.proposals.push(p);
+                    }
+                }
+            } else {
+                for p in node.raft.propose_batch(now, data).into_iter().flatten() {
+                    self.proposals.push(p);
+                }
             }
             node.drain(now);
         }

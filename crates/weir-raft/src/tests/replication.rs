@@ -392,6 +392,63 @@ fn pipelined_appends_fill_the_inflight_window_then_probe_after_rejection() {
 }
 
 #[test]
+fn a_proposed_batch_is_one_persist_and_one_append_and_refusals_do_not_stop_the_rest() {
+    let (mut leader, now) = make_leader(MemStore::new(), &[1, 2, 3]);
+    let term = leader.raft.term();
+    leader.recv(now, ack(2, term, 1));
+    leader.take_sent();
+    let last_before = leader.raft.status().last_index;
+    let too_large = vec![0u8; crate::ENTRY_BYTES_MAX + 1];
+    let batch = vec![vec![1], vec![2], too_large, vec![3]];
+    let results = leader.raft.propose_batch(now, batch);
+    assert_eq!(results.len(), 4);
+    assert_eq!(results[2], Err(ProposeError::TooLarge));
+    let indexes: Vec<LogIndex> = results
+        .iter()
+        .filter_map(|r| {
+            r.as_ref().ok().map(|(i, t)| {
+                assert_eq!(*t, term);
+                *i
+            })
+        })
+        .collect();
+    let first = last_before.next();
+    assert_eq!(indexes, vec![first, first.next(), first.next().next()]);
+    // One PersistEntries for the three, before any send.
+    let mut persists = Vec::new();
+    let mut sends = Vec::new();
+    while let Some(out) = leader.raft.poll_output() {
+        match out {
+            Output::PersistEntries(entries) => persists.push(entries),
+            Output::Send(env) => sends.push(env),
+            _ => {}
+        }
+    }
+    assert_eq!(persists.len(), 1, "one write for the batch");
+    let payloads: Vec<&Payload> = persists[0].iter().map(|e| &e.payload).collect();
+    assert_eq!(
+        payloads,
+        vec![
+            &Payload::Normal(vec![1]),
+            &Payload::Normal(vec![2]),
+            &Payload::Normal(vec![3])
+        ]
+    );
+    // The follower in replicate mode gets the three in one append.
+    let appends = appends_to(&sends, 2);
+    assert_eq!(appends.len(), 1);
+    assert_eq!(appends[0].2.len(), 3);
+    // A follower (or a candidate) refuses every payload of a batch.
+    let mut follower = Node::new(config(2), MemStore::new(), voters(&[1, 2, 3]), 0);
+    let refused = follower.raft.propose_batch(now, vec![vec![1], vec![2]]);
+    assert!(
+        refused
+            .iter()
+            .all(|r| matches!(r, Err(ProposeError::NotLeader { .. })))
+    );
+}
+
+#[test]
 fn install_snapshot_is_sent_when_follower_is_behind_first_index() {
     let mut c = Cluster::new(&[1, 2, 3]);
     let leader = c.elect();
