@@ -10,6 +10,7 @@
 
 use crate::ClientError;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::hash::{BuildHasherDefault, Hasher};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -52,16 +53,48 @@ struct Waiter {
     timeout: Duration,
 }
 
+/// Hashes a [`RequestId`]: ids are this client's own per-session counter, so SipHash's
+/// resistance to chosen keys buys nothing, and one multiply spreads consecutive ids over the
+/// high bits hashbrown looks at.
+#[derive(Default)]
+struct IdHasher(u64);
+
+impl Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for byte in bytes {
+            self.write_u64(self.0.rotate_left(8) ^ u64::from(*byte));
+        }
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        // 2^64 / golden ratio (Fibonacci hashing).
+        self.0 = n.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    }
+}
+
 #[derive(Default)]
 struct WaitersState {
     /// Set once the request stream failed; no request is accepted after that.
     failed: Option<ClientError>,
-    waiters: HashMap<RequestId, Waiter>,
+    waiters: HashMap<RequestId, Waiter, BuildHasherDefault<IdHasher>>,
     /// The PUTs among the waiters, oldest first (ids increase with time), with when each was
     /// sent. What [`PutWatch`] looks at.
     puts: BTreeMap<RequestId, Instant>,
     /// Every waiter's deadline, soonest first: what the expiry task looks at.
     deadlines: BTreeSet<(Instant, RequestId)>,
+}
+
+impl WaitersState {
+    fn take(&mut self, id: RequestId) -> Option<Waiter> {
+        let waiter = self.waiters.remove(&id)?;
+        self.puts.remove(&id);
+        self.deadlines.remove(&(waiter.deadline, id));
+        Some(waiter)
+    }
 }
 
 /// The waiters of one request stream, shared by the callers and the reader, writer and expiry
@@ -130,11 +163,28 @@ impl Waiters {
 
     /// Removes the waiter of `id` (and its PUT and deadline entries).
     fn take(&self, id: RequestId) -> Option<Waiter> {
-        let mut state = self.lock();
-        let waiter = state.waiters.remove(&id)?;
-        state.puts.remove(&id);
-        state.deadlines.remove(&(waiter.deadline, id));
-        Some(waiter)
+        self.lock().take(id)
+    }
+
+    /// Routes the replies of one read, taking the lock once for all of them (the reader, the
+    /// writer and the callers all take it: once per reply made them queue on each other).
+    fn complete_all(&self, frames: &mut Vec<ServerFrame>) {
+        let mut answered = Vec::with_capacity(frames.len());
+        {
+            let mut state = self.lock();
+            for frame in frames.drain(..) {
+                match state.take(frame.id) {
+                    Some(waiter) => answered.push((waiter, frame.reply)),
+                    None => tracing::debug!(
+                        id = %frame.id,
+                        "reply for a request nobody waits for (timed out?)"
+                    ),
+                }
+            }
+        }
+        for (waiter, reply) in answered {
+            self.deliver(waiter, Ok(reply));
+        }
     }
 
     /// Routes a reply; `false` if nobody waits for that id (timed out, or a stray reply).
@@ -182,9 +232,21 @@ impl Waiters {
 
     /// Stores the encoded request with its waiter, for a caller that may resend it. Called by
     /// the writer before the bytes are written, so before any reply can arrive.
+    #[cfg(test)]
     fn keep(&self, id: RequestId, request: Request) {
-        if let Some(waiter) = self.lock().waiters.get_mut(&id) {
-            waiter.request = Some(request);
+        self.keep_all(&mut vec![(id, request)]);
+    }
+
+    /// [`Waiters::keep`] for every request of one write, under one lock.
+    fn keep_all(&self, kept: &mut Vec<(RequestId, Request)>) {
+        if kept.is_empty() {
+            return;
+        }
+        let mut state = self.lock();
+        for (id, request) in kept.drain(..) {
+            if let Some(waiter) = state.waiters.get_mut(&id) {
+                waiter.request = Some(request);
+            }
         }
     }
 
@@ -579,6 +641,7 @@ async fn write_loop(
     seq: Arc<AtomicU64>,
 ) {
     let mut buf = Vec::new();
+    let mut kept = Vec::new();
     let mut frames = 0usize;
     while let Some(first) = rx.recv().await {
         buf.clear();
@@ -598,13 +661,15 @@ async fn write_loop(
             } else {
                 frames += 1;
                 if keep {
-                    waiters.keep(id, frame.request);
+                    kept.push((id, frame.request));
                 }
             }
             if buf.len() < COALESCE_BYTES {
                 next = rx.try_recv().ok();
             }
         }
+        // Before the bytes go out, so before any of their replies can come back.
+        waiters.keep_all(&mut kept);
         if buf.is_empty() {
             continue;
         }
@@ -641,15 +706,20 @@ async fn read_loop(mut recv: quinn::RecvStream, waiters: Arc<Waiters>, failer: A
     failer.fail(err);
 }
 
+/// Routes every whole reply `decoder` holds (those decoded before a bad frame included).
 fn route_frames(decoder: &mut FrameDecoder, waiters: &Waiters) -> Result<(), ClientError> {
     let bad = |e: weir_proto::FrameError| ClientError::Protocol(format!("from the node: {e}"));
     decoder.check_header().map_err(bad)?;
-    while let Some(frame) = decoder.next::<ServerFrame>().map_err(bad)? {
-        if !waiters.complete(frame.id, Ok(frame.reply)) {
-            tracing::debug!(id = %frame.id, "reply for a request nobody waits for (timed out?)");
+    let mut frames = Vec::new();
+    let result = loop {
+        match decoder.next::<ServerFrame>() {
+            Ok(Some(frame)) => frames.push(frame),
+            Ok(None) => break decoder.check_header().map_err(bad),
+            Err(e) => break Err(bad(e)),
         }
-    }
-    decoder.check_header().map_err(bad)
+    };
+    waiters.complete_all(&mut frames);
+    result
 }
 
 /// The variant name of a reply, for "expected X, got Y" messages.
