@@ -405,7 +405,7 @@ impl Client {
     /// A producer that keeps up to `window` PUTs to `topic` in flight (at least 1).
     pub fn producer(&self, topic: &str, window: usize) -> Result<Producer, ClientError> {
         check_topic(topic)?;
-        Ok(Producer::new(self.clone(), topic.to_owned(), window))
+        Producer::new(self.clone(), topic.to_owned(), window)
     }
 
     /// Follows `topic` from `from`: every committed message, in offset order, then the tail.

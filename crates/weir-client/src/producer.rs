@@ -1,15 +1,29 @@
-//! [`Producer`]: pipelined PUTs with a bounded window.
+//! [`Producer`]: pipelined PUTs with a bounded window, sent in batches.
 
-use crate::client::committed;
+use crate::client::{check_put, committed};
 use crate::routing::{RoutedCall, Target};
-use crate::session::{Answer, OnAnswer};
+use crate::session::{Answer, OnAnswer, unexpected};
 use crate::{Client, ClientError};
 use std::future::{Future, IntoFuture};
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::Arc;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
-use weir_proto::{Committed, Reply};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, oneshot};
+use weir_proto::limits::PUT_BATCH_MESSAGES_MAX;
+use weir_proto::{Committed, ErrorCode, PutBatch, PutMessage, PutResult, Reply, Request, Seq};
+
+/// Most PUTs a producer sends in one `PutBatch` request.
+pub const PRODUCER_BATCH_MESSAGES_MAX: usize = PUT_BATCH_MESSAGES_MAX;
+/// A batch takes no more PUTs once their keys and values reach this many bytes (a bigger
+/// message goes in a batch of its own), which keeps every batch within the frame limit.
+pub const PRODUCER_BATCH_BYTES_MAX: usize = 1024 * 1024;
+/// Batches of one producer waiting for their answer at once. While they wait, new PUTs gather
+/// into the next batch: how batches grow with the load and stay small (a PUT goes out at once)
+/// when it is light, as Kafka's `max.in.flight.requests.per.connection` does.
+pub const PRODUCER_BATCHES_IN_FLIGHT_MAX: usize = 4;
+/// Counted per message on top of its key and value, for the batch's byte bound.
+const MESSAGE_OVERHEAD_BYTES: usize = 16;
 
 /// Sends PUTs to one topic without waiting for each to commit, keeping at most `window` of them
 /// in flight. Made by [`Client::producer`].
@@ -18,13 +32,22 @@ use weir_proto::{Committed, Reply};
 /// are unanswered) and hands back a [`PutHandle`] to await its [`Committed`]. PUTs go to the
 /// topic's leader, and the PUTs of one producer go out in the order they were sent.
 ///
-/// Leader changes: a PUT answered "not leader" was not appended, and is resent to the new
-/// leader in the background (whether or not its handle is awaited), as
-/// [`crate::LeaderRetryPolicy`] describes, within the request timeout; it stays in the window
-/// until it finally commits or fails. Resent PUTs land after PUTs sent later that did not need
-/// a resend, so **the offsets of one producer's PUTs follow the send order only while no
-/// resend happens** (order-preserving, exactly-once resends are not built yet). A PUT whose
-/// connection broke after it was sent is not resent: its handle fails with
+/// Batching: queued PUTs go out together, as one `PutBatch` request (at most
+/// [`PRODUCER_BATCH_MESSAGES_MAX`] PUTs or [`PRODUCER_BATCH_BYTES_MAX`] bytes), which the
+/// leader appends and replicates as one write. Nothing waits to fill a batch: a PUT goes out
+/// at once unless [`PRODUCER_BATCHES_IN_FLIGHT_MAX`] batches are already waiting for their
+/// answer, and then it goes with the next batch. A background task of the producer sends
+/// them, so a PUT goes out whether or not its handle is awaited, and also after the producer
+/// is dropped.
+///
+/// Leader changes: a batch answered "not leader" was not appended, and is resent to the new
+/// leader in the background, as [`crate::LeaderRetryPolicy`] describes, within the request
+/// timeout; its PUTs stay in the window until they finally commit or fail. Resent batches land
+/// after batches sent later that did not need a resend, so **the offsets of one producer's
+/// PUTs follow the send order only while no resend happens** (order-preserving, exactly-once
+/// resends are not built yet). A PUT of a batch that the leader took but lost to a leader
+/// change before it committed fails with [`ClientError::NotLeader`] (it was not committed). A
+/// PUT whose connection broke after it was sent is not resent: its handle fails with
 /// [`ClientError::ConnectionLost`] and the PUT may or may not have been committed.
 ///
 /// ```no_run
@@ -44,24 +67,74 @@ use weir_proto::{Committed, Reply};
 pub struct Producer {
     client: Client,
     topic: String,
-    /// The topic as the router wants it (cloned per PUT without allocating).
-    target: Target,
     window: Arc<Semaphore>,
     window_size: u32,
+    shared: Arc<Shared>,
+}
+
+/// What the producer and its sender task share.
+struct Shared {
+    topic: String,
+    /// The topic as the router wants it (cloned per batch without allocating).
+    target: Target,
+    buffer: Mutex<Buffer>,
+    /// Held while batches are taken from the buffer and handed to a session: they leave in the
+    /// order their PUTs were queued.
+    sending: tokio::sync::Mutex<()>,
+    /// One permit per batch waiting for its answer.
+    batches: Arc<Semaphore>,
+    /// Wakes the sender task: PUTs were queued, or the producer was dropped.
+    queued: Notify,
+    closed: AtomicBool,
+}
+
+impl std::fmt::Debug for Shared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Shared")
+            .field("topic", &self.topic)
+            .finish_non_exhaustive()
+    }
+}
+
+/// PUTs queued for the next batch.
+#[derive(Default)]
+struct Buffer {
+    messages: Vec<PutMessage>,
+    waiting: Vec<Waiting>,
+    bytes: usize,
+}
+
+/// A queued or sent PUT's handle and window permit (released with its answer).
+struct Waiting {
+    tx: oneshot::Sender<Result<Committed, ClientError>>,
+    _permit: OwnedSemaphorePermit,
 }
 
 impl Producer {
-    pub(crate) fn new(client: Client, topic: String, window: usize) -> Self {
+    pub(crate) fn new(client: Client, topic: String, window: usize) -> Result<Self, ClientError> {
+        let runtime = tokio::runtime::Handle::try_current().map_err(|_| {
+            ClientError::Config("a Producer needs a tokio runtime (it sends from a task)".into())
+        })?;
         let window_size = u32::try_from(window.clamp(1, Semaphore::MAX_PERMITS))
             .unwrap_or(u32::MAX)
             .max(1);
-        Self {
-            client,
+        let shared = Arc::new(Shared {
             target: Target::Topic(topic.as_str().into()),
+            topic: topic.clone(),
+            buffer: Mutex::default(),
+            sending: tokio::sync::Mutex::new(()),
+            batches: Arc::new(Semaphore::new(PRODUCER_BATCHES_IN_FLIGHT_MAX)),
+            queued: Notify::new(),
+            closed: AtomicBool::new(false),
+        });
+        runtime.spawn(run_sender(shared.clone(), client.clone()));
+        Ok(Self {
+            client,
             topic,
             window: Arc::new(Semaphore::new(window_size as usize)),
             window_size,
-        }
+            shared,
+        })
     }
 
     /// The topic this producer writes to.
@@ -84,94 +157,233 @@ impl Producer {
     /// the PUT stays in the window until it is finally answered, including resends after
     /// "not leader" answers (see [`Producer`]).
     ///
-    /// Fails right away for a key or value above the protocol's limits, and with
-    /// [`ClientError::Connect`] if no node can be reached.
+    /// Fails right away for a key or value above the protocol's limits.
     pub async fn send(
         &mut self,
         key: Option<&[u8]>,
         value: impl Into<Vec<u8>>,
     ) -> Result<PutHandle, ClientError> {
-        let inner = &self.client.inner;
-        let request = inner.put_request(&self.topic, key, value.into())?;
-        let timeout = inner.config.request_timeout;
+        let value = value.into();
+        check_put(&self.topic, key, &value)?;
+        let timeout = self.client.inner.config.request_timeout;
         let permit = tokio::time::timeout(timeout, self.window.clone().acquire_owned())
             .await
             .map_err(|_| ClientError::Timeout(timeout))?
             .map_err(|_| ClientError::ConnectionLost("producer closed".into()))?;
-        let mut call = RoutedCall::new(inner.clone(), self.target.clone());
         let (tx, rx) = oneshot::channel();
-        // The answer is handled where it arrives (the session's reader task), so a PUT is
-        // resent and leaves the window even if nobody awaits its handle. Sent here, so the PUTs
-        // of this producer go out in send order.
-        let settle = Settle {
-            call: call.clone(),
-            tx,
-            _permit: permit,
-        };
-        call.dispatch_then(request, settle.into_on_answer()).await?;
+        let bytes = key.map_or(0, <[u8]>::len) + value.len() + MESSAGE_OVERHEAD_BYTES;
+        let mut message = (
+            PutMessage {
+                key: key.map(<[u8]>::to_vec),
+                value,
+            },
+            Waiting {
+                tx,
+                _permit: permit,
+            },
+        );
+        loop {
+            let refused = {
+                let mut buffer = self.shared.lock();
+                let full = !buffer.messages.is_empty()
+                    && (buffer.messages.len() >= PRODUCER_BATCH_MESSAGES_MAX
+                        || buffer.bytes + bytes > PRODUCER_BATCH_BYTES_MAX);
+                if full {
+                    Some(message)
+                } else {
+                    let (put, waiting) = message;
+                    buffer.messages.push(put);
+                    buffer.waiting.push(waiting);
+                    buffer.bytes += bytes;
+                    None
+                }
+            };
+            let Some(back) = refused else { break };
+            // The batch is full: send what is queued first (waiting for a batch to be answered
+            // if need be: backpressure), then queue this one.
+            message = back;
+            self.shared.send_queued(&self.client).await;
+        }
+        self.shared.queued.notify_one();
         Ok(PutHandle { rx })
     }
 
-    /// Waits until every PUT sent through this producer has been answered (committed or
-    /// failed; the handles tell which). [`ClientError::Timeout`] if that takes longer than the
-    /// request timeout.
+    /// Sends what is queued and waits until every PUT sent through this producer has been
+    /// answered (committed or failed; the handles tell which). [`ClientError::Timeout`] if
+    /// that takes longer than the request timeout.
     pub async fn flush(&mut self) -> Result<(), ClientError> {
         let timeout = self.client.inner.config.request_timeout;
-        let all = tokio::time::timeout(timeout, self.window.acquire_many(self.window_size))
-            .await
-            .map_err(|_| ClientError::Timeout(timeout))?
-            .map_err(|_| ClientError::ConnectionLost("producer closed".into()))?;
+        let all = tokio::time::timeout(timeout, async {
+            self.shared.send_queued(&self.client).await;
+            self.window.acquire_many(self.window_size).await
+        })
+        .await
+        .map_err(|_| ClientError::Timeout(timeout))?
+        .map_err(|_| ClientError::ConnectionLost("producer closed".into()))?;
         drop(all);
         Ok(())
     }
 }
 
-/// What settles one PUT of a [`Producer`] once its first answer arrives; its window permit is
-/// released with the final answer.
-struct Settle {
-    call: RoutedCall,
-    tx: oneshot::Sender<Result<Committed, ClientError>>,
-    _permit: OwnedSemaphorePermit,
+impl Drop for Producer {
+    fn drop(&mut self) {
+        // The sender task sends what is still queued, then ends.
+        self.shared.closed.store(true, Ordering::Release);
+        self.shared.queued.notify_one();
+    }
 }
 
-impl Settle {
+/// The producer's sender task: sends queued PUTs whenever some are queued.
+async fn run_sender(shared: Arc<Shared>, client: Client) {
+    loop {
+        shared.queued.notified().await;
+        shared.send_queued(&client).await;
+        if shared.closed.load(Ordering::Acquire) {
+            // Sent after the flag was seen: nothing can be queued any more.
+            shared.send_queued(&client).await;
+            return;
+        }
+    }
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, Buffer> {
+        // Pushes and takes leave the buffer consistent even if a holder panicked.
+        self.buffer.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Sends everything queued, as batches, in order (each waits for a batch slot).
+    async fn send_queued(&self, client: &Client) {
+        let _sending = self.sending.lock().await;
+        loop {
+            if self.lock().messages.is_empty() {
+                return;
+            }
+            // A permit is always available eventually: each batch's answer (or its timeout)
+            // releases it.
+            let Ok(slot) = self.batches.clone().acquire_owned().await else {
+                return;
+            };
+            // Taken after the slot: PUTs queued while waiting join this batch.
+            let Buffer {
+                messages, waiting, ..
+            } = std::mem::take(&mut *self.lock());
+            if messages.is_empty() {
+                return;
+            }
+            self.send_batch(client, messages, waiting, slot).await;
+        }
+    }
+
+    async fn send_batch(
+        &self,
+        client: &Client,
+        messages: Vec<PutMessage>,
+        waiting: Vec<Waiting>,
+        slot: OwnedSemaphorePermit,
+    ) {
+        let inner = &client.inner;
+        let request = Request::PutBatch(PutBatch {
+            topic: self.topic.clone(),
+            producer_id: inner.producer_id,
+            // Stamped by the session's writer, in wire order.
+            first_seq: Seq(0),
+            messages,
+        });
+        let mut call = RoutedCall::new(inner.clone(), self.target.clone());
+        let settle = SettleBatch {
+            call: call.clone(),
+            waiting,
+            _slot: slot,
+        };
+        if let Err((e, on_answer)) = call.dispatch_then(request, settle.into_on_answer()).await {
+            on_answer((Err(e), None), SocketAddr::from(([0, 0, 0, 0], 0)));
+        }
+    }
+}
+
+/// What settles one batch once its first answer arrives; its PUTs' window permits and its
+/// batch slot are released with the final answer.
+struct SettleBatch {
+    call: RoutedCall,
+    waiting: Vec<Waiting>,
+    _slot: OwnedSemaphorePermit,
+}
+
+impl SettleBatch {
     fn into_on_answer(self) -> OnAnswer {
         Box::new(move |answer, answered_by| self.answered(answer, answered_by))
     }
 
-    /// Runs on the session's reader task: a commit (the common case) is handed over at once;
-    /// anything else may need a resend (or a cluster refresh), which a task of its own does.
+    /// Runs where the answer arrives (the session's reader task): results (the common case)
+    /// are handed over at once; anything else may need a resend (or a cluster refresh), which
+    /// a task of its own does.
     fn answered(self, answer: Answer, answered_by: SocketAddr) {
-        let Settle {
-            mut call,
-            tx,
-            _permit,
-        } = self;
-        match answer {
-            (Ok(Reply::Committed(done)), _) => {
-                // Only the leader commits: remember who did.
-                call.inner().set_route(call.target(), answered_by);
-                drop(_permit);
-                let _ = tx.send(Ok(done));
+        let answer = match answer {
+            (Ok(Reply::CommittedBatch(results)), request) => {
+                if !all_not_leader(&results) {
+                    self.call.inner().set_route(self.call.target(), answered_by);
+                    return self.finish(Ok(Reply::CommittedBatch(results)));
+                }
+                // Nothing of it was appended (refused as it was proposed): resend it whole,
+                // as a batch refused before proposing would be.
+                match results.into_iter().next() {
+                    Some(PutResult::Error(e)) => (Ok(Reply::Error(e)), request),
+                    other => (
+                        Ok(Reply::CommittedBatch(other.into_iter().collect())),
+                        request,
+                    ),
+                }
             }
-            answer => match tokio::runtime::Handle::try_current() {
-                Ok(runtime) => {
-                    runtime.spawn(async move {
-                        let result = call
-                            .settle_answer(answer, answered_by)
-                            .await
-                            .and_then(committed);
-                        drop(_permit);
-                        let _ = tx.send(result);
-                    });
-                }
-                // No runtime (it is shutting down): no resend is possible.
-                Err(_) => {
-                    let _ = tx.send(answer.0.and_then(committed));
-                }
-            },
+            answer => answer,
+        };
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => {
+                runtime.spawn(async move {
+                    let mut this = self;
+                    let result = this.call.settle_answer(answer, answered_by).await;
+                    this.finish(result);
+                });
+            }
+            // No runtime (it is shutting down): no resend is possible.
+            Err(_) => self.finish(answer.0),
         }
     }
+
+    /// Hands each PUT of the batch its result.
+    fn finish(self, result: Result<Reply, ClientError>) {
+        let count = self.waiting.len();
+        let failure = match result {
+            Ok(Reply::CommittedBatch(results)) if results.len() == count => {
+                for (waiting, result) in self.waiting.into_iter().zip(results) {
+                    let result = match result {
+                        PutResult::Committed(done) => committed(Reply::Committed(done)),
+                        PutResult::Error(e) => Err(e.into()),
+                    };
+                    // The caller may have dropped its handle: fine.
+                    let _ = waiting.tx.send(result);
+                }
+                return;
+            }
+            Ok(Reply::CommittedBatch(results)) => ClientError::Protocol(format!(
+                "{} results for a batch of {count} PUTs",
+                results.len()
+            )),
+            Ok(other) => unexpected("CommittedBatch", &other),
+            Err(e) => e,
+        };
+        for waiting in self.waiting {
+            let _ = waiting.tx.send(Err(failure.clone()));
+        }
+    }
+}
+
+/// Every message of a batch was refused as not leader (so none was appended).
+fn all_not_leader(results: &[PutResult]) -> bool {
+    !results.is_empty()
+        && results
+            .iter()
+            .all(|r| matches!(r, PutResult::Error(e) if e.code == ErrorCode::NotLeader))
 }
 
 /// The outcome of one PUT sent by a [`Producer`]: `.await` it (or call [`PutHandle::wait`]) for

@@ -283,15 +283,21 @@ impl RoutedCall {
 
     /// Like [`RoutedCall::dispatch`], with the answer (kept request included) going to
     /// `on_answer` instead of a [`PendingReply`]: no task waits for it. `Ok` means `on_answer`
-    /// will be called; on `Err` it is dropped uncalled.
+    /// will be called; `Err` gives it back uncalled, with the error that ended the call.
     pub(crate) async fn dispatch_then(
         &mut self,
         mut request: Request,
         mut on_answer: OnAnswer,
-    ) -> Result<(), ClientError> {
+    ) -> Result<(), (ClientError, OnAnswer)> {
         loop {
-            let (session, routed) = self.session().await?;
-            let slot = self.inner.in_flight_slot(self.deadline).await?;
+            let (session, routed) = match self.session().await {
+                Ok(found) => found,
+                Err(e) => return Err((e, on_answer)),
+            };
+            let slot = match self.inner.in_flight_slot(self.deadline).await {
+                Ok(slot) => slot,
+                Err(e) => return Err((e, on_answer)),
+            };
             let sent = session
                 .send_then(request, vec![slot], self.deadline, true, on_answer)
                 .await;
@@ -299,7 +305,10 @@ impl RoutedCall {
                 Ok(()) => return Ok(()),
                 Err((not_sent, back)) => {
                     on_answer = back;
-                    request = self.not_sent(not_sent, &session, routed).await?;
+                    request = match self.not_sent(not_sent, &session, routed).await {
+                        Ok(request) => request,
+                        Err(e) => return Err((e, on_answer)),
+                    };
                 }
             }
         }
@@ -384,7 +393,7 @@ impl RoutedCall {
                     self.redirect(err, answered_by).await?;
                     request
                 }
-                (ErrorCode::NotFound, Some(request @ Request::Put(_))) => {
+                (ErrorCode::NotFound, Some(request @ (Request::Put(_) | Request::PutBatch(_)))) => {
                     self.recheck_not_found(err, answered_by).await?;
                     request
                 }

@@ -293,11 +293,13 @@ impl Waiters {
             if *sent > cutoff {
                 break;
             }
-            let kept = state.waiters.get(id).and_then(|w| w.request.as_ref());
-            if let Some(Request::Put(put)) = kept
-                && !topics.contains(&put.topic)
-            {
-                topics.push(put.topic.clone());
+            let topic = match state.waiters.get(id).and_then(|w| w.request.as_ref()) {
+                Some(Request::Put(put)) => &put.topic,
+                Some(Request::PutBatch(batch)) => &batch.topic,
+                _ => continue,
+            };
+            if !topics.contains(topic) {
+                topics.push(topic.clone());
             }
         }
         topics
@@ -543,7 +545,7 @@ impl Session {
             deadline,
             timeout,
         };
-        let is_put = matches!(request, Request::Put(_));
+        let is_put = matches!(request, Request::Put(_) | Request::PutBatch(_));
         if let Err((err, on_answer)) = self.waiters.register(id, waiter, is_put) {
             return Err((NotSent { err, request }, on_answer));
         }
@@ -652,8 +654,13 @@ async fn write_loop(
             keep,
         }) = next.take()
         {
-            if let Request::Put(put) = &mut request {
-                put.seq = Seq(seq.fetch_add(1, Ordering::Relaxed));
+            match &mut request {
+                Request::Put(put) => put.seq = Seq(seq.fetch_add(1, Ordering::Relaxed)),
+                Request::PutBatch(batch) => {
+                    let count = batch.messages.len() as u64;
+                    batch.first_seq = Seq(seq.fetch_add(count, Ordering::Relaxed));
+                }
+                _ => {}
             }
             let frame = ClientFrame { id, request };
             if let Err(e) = encode_frame(&frame, &mut buf) {
@@ -737,6 +744,7 @@ pub(crate) fn reply_kind(reply: &Reply) -> &'static str {
         Reply::ClusterChanged => "ClusterChanged",
         Reply::ProgramDeployed { .. } => "ProgramDeployed",
         Reply::Program(_) => "Program",
+        Reply::CommittedBatch(_) => "CommittedBatch",
     }
 }
 

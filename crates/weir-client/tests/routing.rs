@@ -25,7 +25,7 @@ use weir_node::certs::CertPaths;
 use weir_proto::limits::FRAME_BYTES_MAX;
 use weir_proto::{
     ClientFrame, Committed, ErrorCode, ErrorReply, FrameDecoder, LeaderHint, NodeInfo,
-    PROTOCOL_VERSION, Reply, Request, ServerFrame, encode_frame,
+    PROTOCOL_VERSION, PutBatch, PutResult, Reply, Request, ServerFrame, encode_frame,
 };
 
 /// Bound on every wait: generous, since CI machines are shared.
@@ -129,6 +129,17 @@ impl FakeNode {
 
     fn puts(&self) -> usize {
         self.count(|r| matches!(r, Request::Put(_)))
+    }
+
+    /// Messages received in `PutBatch` requests (a producer's).
+    fn batched_puts(&self) -> usize {
+        self.requests()
+            .iter()
+            .map(|r| match r {
+                Request::PutBatch(b) => b.messages.len(),
+                _ => 0,
+            })
+            .sum()
     }
 
     fn listens(&self) -> Vec<ListenFrom> {
@@ -368,6 +379,21 @@ fn dead_addr() -> Result<SocketAddr> {
     Ok(std::net::UdpSocket::bind("127.0.0.1:0")?.local_addr()?)
 }
 
+/// A batch's answer: each message committed by `commit`.
+fn commit_batch(batch: &PutBatch, commit: &(impl Fn() -> Reply + Send + Sync)) -> Reply {
+    Reply::CommittedBatch(
+        batch
+            .messages
+            .iter()
+            .map(|_| match commit() {
+                Reply::Committed(c) => PutResult::Committed(c),
+                Reply::Error(e) => PutResult::Error(e),
+                other => panic!("not a PUT answer: {other:?}"),
+            })
+            .collect(),
+    )
+}
+
 /// Commits with offsets 0, 1, 2, ... in arrival order.
 fn committer() -> impl Fn() -> Reply + Send + Sync {
     let next = AtomicU64::new(0);
@@ -567,12 +593,12 @@ async fn producer_pipelines_100_puts_through_a_leader_change_and_all_commit() ->
     let (a, b) = (bind(&certs)?, bind(&certs)?);
     let b_addr = b.addr;
     let a = a.serve(move |r| match r {
-        Request::Put(_) => reply(not_leader(Some((2, b_addr)))),
+        Request::PutBatch(_) => reply(not_leader(Some((2, b_addr)))),
         _ => reply(error(ErrorCode::BadRequest)),
     });
     let commit = committer();
     let b = b.serve(move |r| match r {
-        Request::Put(_) => reply(commit()),
+        Request::PutBatch(batch) => reply(commit_batch(batch, &commit)),
         _ => reply(error(ErrorCode::BadRequest)),
     });
 
@@ -598,14 +624,87 @@ async fn producer_pipelines_100_puts_through_a_leader_change_and_all_commit() ->
     let values: BTreeSet<Vec<u8>> = b
         .requests()
         .into_iter()
-        .filter_map(|r| match r {
-            Request::Put(p) => Some(p.value),
-            _ => None,
+        .flat_map(|r| match r {
+            Request::PutBatch(batch) => batch.messages.into_iter().map(|m| m.value).collect(),
+            _ => Vec::new(),
         })
         .collect();
-    assert_eq!(b.puts(), 100, "each PUT reached the leader exactly once");
+    assert_eq!(
+        b.batched_puts(),
+        100,
+        "each PUT reached the leader exactly once"
+    );
     assert_eq!(values.len(), 100);
-    assert!(a.puts() >= 1, "the first PUTs went to the old node");
+    assert!(a.batched_puts() >= 1, "the first PUTs went to the old node");
+    assert_eq!(a.puts() + b.puts(), 0, "a producer sends batches");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_refused_message_by_message_as_not_leader_is_resent_and_mixed_results_reach_each_put()
+-> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let certs = certs(&dir)?;
+    let (a, b) = (bind(&certs)?, bind(&certs)?);
+    let b_addr = b.addr;
+    // A took the batch as leader, then lost leadership before proposing: every message says
+    // "not leader" (nothing appended), naming B.
+    let a = a.serve(move |r| match r {
+        Request::PutBatch(batch) => reply(Reply::CommittedBatch(
+            batch
+                .messages
+                .iter()
+                .map(|_| match not_leader(Some((2, b_addr))) {
+                    Reply::Error(e) => PutResult::Error(e),
+                    _ => unreachable!(),
+                })
+                .collect(),
+        )),
+        _ => reply(error(ErrorCode::BadRequest)),
+    });
+    // B commits every message except those whose value is "bad".
+    let commit = committer();
+    let b = b.serve(move |r| match r {
+        Request::PutBatch(batch) => reply(Reply::CommittedBatch(
+            batch
+                .messages
+                .iter()
+                .map(|m| match (m.value == b"bad", commit()) {
+                    (true, _) => PutResult::Error(ErrorReply::new(ErrorCode::TooLarge, "scripted")),
+                    (false, Reply::Committed(c)) => PutResult::Committed(c),
+                    _ => unreachable!(),
+                })
+                .collect(),
+        )),
+        _ => reply(error(ErrorCode::BadRequest)),
+    });
+
+    let client = connect(&certs, &[a.addr]).await?;
+    let mut producer = client.producer("t", 64)?;
+    let values = ["m0", "bad", "m2", "m3"];
+    let mut handles = Vec::new();
+    for value in values {
+        handles.push(timeout(producer.send(None, value)).await??);
+    }
+    let mut results = Vec::new();
+    for handle in handles {
+        results.push(timeout(handle).await?);
+    }
+    assert!(
+        results[0].is_ok() && results[2].is_ok() && results[3].is_ok(),
+        "{results:?}"
+    );
+    assert!(
+        matches!(results[1], Err(ClientError::TooLarge(_))),
+        "{:?}",
+        results[1]
+    );
+    assert!(a.batched_puts() >= 1, "the old leader got the first batch");
+    assert_eq!(
+        b.batched_puts(),
+        4,
+        "everything A refused was resent to B, once"
+    );
     Ok(())
 }
 

@@ -8,7 +8,7 @@
 use crate::cluster::Cluster;
 use crate::group_store::decode_record;
 use crate::peer::{PEER_ALPN, PeerNet};
-use crate::topic::ReplyTo;
+use crate::topic::{BatchReply, ReplyTo};
 use serde::de::DeserializeOwned;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -16,11 +16,13 @@ use std::time::Instant;
 use tokio::sync::{Semaphore, mpsc};
 use tracing::Instrument;
 use weir_proto::entry::{decode_entry, encode_entry};
-use weir_proto::limits::{EVENTS_BATCH_BYTES_MAX, EVENTS_BATCH_COUNT_MAX, FRAME_BYTES_MAX};
+use weir_proto::limits::{
+    EVENTS_BATCH_BYTES_MAX, EVENTS_BATCH_COUNT_MAX, FRAME_BYTES_MAX, PUT_BATCH_MESSAGES_MAX,
+};
 use weir_proto::{
     ClientFrame, ErrorCode, ErrorReply, Event, FrameDecoder, FrameError, ListenFrom, NodeStatus,
-    Offset, PROTOCOL_VERSION, PeerStatus, Put, Reply, Request, RequestId, ServerFrame,
-    encode_frame,
+    Offset, PROTOCOL_VERSION, PeerStatus, Put, PutBatch, Reply, Request, RequestId, Seq,
+    ServerFrame, encode_frame,
 };
 use weir_storage::ReadError;
 
@@ -34,7 +36,7 @@ pub const PUTS_IN_FLIGHT_PER_STREAM_MAX: usize = 8192;
 /// Most PUTs of one stream proposed together: those already decoded when the first is taken
 /// (what one read brought), so batching never waits for more. Below both the stream's and the
 /// topic's in-flight limits, so a batch can always get its permits.
-pub const PUT_BATCH_MAX: usize = 256;
+pub const PUT_BATCH_MAX: usize = PUT_BATCH_MESSAGES_MAX;
 const _: () = assert!(PUT_BATCH_MAX <= PUTS_IN_FLIGHT_PER_STREAM_MAX);
 const _: () = assert!(PUT_BATCH_MAX <= crate::topic::PUTS_PENDING_PER_TOPIC_MAX);
 /// Bytes read from a stream at a time.
@@ -213,14 +215,14 @@ async fn handle_stream(ctx: Arc<Ctx>, mut send: quinn::SendStream, mut recv: qui
             Request::Put(put) => {
                 // Every PUT already decoded behind this one goes with it: proposed together,
                 // one write and one round of replication for all.
-                let mut puts = vec![(frame.id, put)];
+                let mut puts = vec![(ReplyTo::frame(frame.id, &tx), put)];
                 let mut bad = None;
                 while puts.len() < PUT_BATCH_MAX {
                     match decoder.next::<ClientFrame>() {
                         Ok(Some(ClientFrame {
                             id,
                             request: Request::Put(put),
-                        })) => puts.push((id, put)),
+                        })) => puts.push((ReplyTo::frame(id, &tx), put)),
                         Ok(Some(other)) => {
                             next = Some(other);
                             break;
@@ -232,7 +234,7 @@ async fn handle_stream(ctx: Arc<Ctx>, mut send: quinn::SendStream, mut recv: qui
                         }
                     }
                 }
-                if !put_batch(&ctx, puts, &tx, &in_flight).await {
+                if !put_batch(&ctx, puts, &in_flight).await {
                     let _ = recv.stop(0u32.into());
                     break;
                 }
@@ -274,7 +276,10 @@ async fn dispatch(
         let _ = tx.send(ServerFrame { id, reply });
     };
     match frame.request {
-        Request::Put(put) => return put_batch(ctx, vec![(id, put)], tx, in_flight).await,
+        Request::Put(put) => {
+            return put_batch(ctx, vec![(ReplyTo::frame(id, tx), put)], in_flight).await;
+        }
+        Request::PutBatch(batch) => return put_request_batch(ctx, id, batch, tx, in_flight).await,
         Request::Hello {
             protocol_version, ..
         } => {
@@ -339,12 +344,7 @@ async fn dispatch(
             program,
             reset_state,
         } => {
-            let reply_to = ReplyTo {
-                id,
-                tx: tx.clone(),
-                permit: None,
-                admitted: None,
-            };
+            let reply_to = ReplyTo::frame(id, tx);
             match ctx.cluster.topic_or_redirect(&topic) {
                 Ok(t) => t.deploy(program, reset_state, reply_to),
                 Err(e) => reply_to.send(Reply::Error(e)),
@@ -394,15 +394,62 @@ fn peer_statuses(ctx: &Ctx) -> Vec<PeerStatus> {
         .collect()
 }
 
-/// Proposes `puts` (in order, as they came on one stream): each checked on its own (a
-/// refused one is answered and the rest go on), then the runs of one topic proposed together.
-/// Returns false if the stream must close.
-async fn put_batch(
+/// A `PutBatch`: refused as a whole (one `Error`) if malformed or if this node cannot take
+/// the topic's PUTs; else its messages go through [`put_batch`] and are answered together.
+async fn put_request_batch(
     ctx: &Ctx,
-    puts: Vec<(RequestId, Put)>,
+    id: RequestId,
+    batch: PutBatch,
     tx: &mpsc::UnboundedSender<ServerFrame>,
     in_flight: &Arc<Semaphore>,
 ) -> bool {
+    let refuse = |e: ErrorReply| {
+        let _ = tx.send(ServerFrame {
+            id,
+            reply: Reply::Error(e),
+        });
+        true
+    };
+    let count = batch.messages.len();
+    if count == 0 || count > PUT_BATCH_MESSAGES_MAX {
+        return refuse(ErrorReply::new(
+            ErrorCode::BadRequest,
+            format!("a PutBatch holds 1 to {PUT_BATCH_MESSAGES_MAX} messages, not {count}"),
+        ));
+    }
+    if let Err(e) = ctx.cluster.topic_or_redirect(&batch.topic) {
+        return refuse(e);
+    }
+    let answer = Arc::new(BatchReply::new(id, tx, count));
+    let PutBatch {
+        topic,
+        producer_id,
+        first_seq,
+        messages,
+    } = batch;
+    let puts = messages
+        .into_iter()
+        .enumerate()
+        .map(|(i, message)| {
+            let mut reply_to = ReplyTo::frame(id, tx);
+            reply_to.batch = Some((answer.clone(), i));
+            let put = Put {
+                topic: topic.clone(),
+                key: message.key,
+                value: message.value,
+                producer_id,
+                seq: Seq(first_seq.0.wrapping_add(i as u64)),
+            };
+            (reply_to, put)
+        })
+        .collect();
+    put_batch(ctx, puts, in_flight).await
+}
+
+/// Proposes `puts` (in order, as they came on one stream): each checked on its own (a
+/// refused one is answered and the rest go on), then the runs of one topic proposed together.
+/// Returns false if the stream must close.
+async fn put_batch(ctx: &Ctx, puts: Vec<(ReplyTo, Put)>, in_flight: &Arc<Semaphore>) -> bool {
     debug_assert!(puts.len() <= PUT_BATCH_MAX);
     let count = u32::try_from(puts.len()).unwrap_or(u32::MAX);
     // Waiting here is the backpressure: this stream is not read while it is full.
@@ -410,13 +457,8 @@ async fn put_batch(
         return false;
     };
     let mut puts = puts.into_iter().peekable();
-    while let Some((id, put)) = puts.next() {
-        let reply_to = ReplyTo {
-            id,
-            tx: tx.clone(),
-            permit: permits.split(1),
-            admitted: None,
-        };
+    while let Some((mut reply_to, put)) = puts.next() {
+        reply_to.permit = permits.split(1);
         if let Err(e) = check_put(ctx, &put) {
             reply_to.send(Reply::Error(e));
             continue;
@@ -434,16 +476,11 @@ async fn put_batch(
             if next.topic != run[0].0.topic || check_put(ctx, next).is_err() {
                 break;
             }
-            let Some((id, put)) = puts.next() else { break };
-            run.push((
-                put,
-                ReplyTo {
-                    id,
-                    tx: tx.clone(),
-                    permit: permits.split(1),
-                    admitted: None,
-                },
-            ));
+            let Some((mut reply_to, put)) = puts.next() else {
+                break;
+            };
+            reply_to.permit = permits.split(1);
+            run.push((put, reply_to));
         }
         // Waiting for room is the backpressure: this stream is not read meanwhile.
         let mut admitted = match topic.admit(run.len()).await {

@@ -39,8 +39,9 @@ pub const PUTS_PENDING_PER_TOPIC_MAX: usize = PROPOSALS_PENDING_MAX / 2;
 /// Longest a PUT waits for room before it is answered `Busy` (retryable: nothing was written).
 pub const PUT_ADMISSION_WAIT_MS_MAX: u64 = 10_000;
 
-/// Where the reply to one PUT goes: the stream that sent it. Holding the permits bounds the PUTs
-/// in flight per stream and per topic; they are released when the reply is handed over.
+/// Where the reply to one PUT goes: the stream that sent it, as a frame of its own or as one
+/// result of a `PutBatch` answer. Holding the permits bounds the PUTs in flight per stream and
+/// per topic; they are released when the reply is handed over.
 #[derive(Debug)]
 pub(crate) struct ReplyTo {
     pub id: RequestId,
@@ -48,14 +49,105 @@ pub(crate) struct ReplyTo {
     pub permit: Option<OwnedSemaphorePermit>,
     /// The topic's admission permit ([`Topic::admit`]).
     pub admitted: Option<OwnedSemaphorePermit>,
+    /// Set for a message of a `PutBatch`: its place in the batch's answer.
+    pub batch: Option<(Arc<BatchReply>, usize)>,
 }
 
 impl ReplyTo {
+    /// A reply of its own to request `id` on the stream `tx` writes to.
+    pub fn frame(id: RequestId, tx: &mpsc::UnboundedSender<ServerFrame>) -> Self {
+        Self {
+            id,
+            tx: tx.clone(),
+            permit: None,
+            admitted: None,
+            batch: None,
+        }
+    }
+
     pub fn send(self, reply: Reply) {
-        // The stream may be gone (client left): then nobody waits for this reply.
-        let _ = self.tx.send(ServerFrame { id: self.id, reply });
+        match self.batch {
+            Some((batch, index)) => batch.record(index, reply),
+            // The stream may be gone (client left): then nobody waits for this reply.
+            None => {
+                let _ = self.tx.send(ServerFrame { id: self.id, reply });
+            }
+        }
         drop(self.permit);
         drop(self.admitted);
+    }
+}
+
+/// The answer to one `PutBatch`, filled in as its messages are answered (in any order) and
+/// sent as one `CommittedBatch` frame once every message has its result. If the last
+/// [`ReplyTo`] goes without answering (a bug), the missing results are sent as `Internal`.
+#[derive(Debug)]
+pub(crate) struct BatchReply {
+    id: RequestId,
+    tx: mpsc::UnboundedSender<ServerFrame>,
+    /// The results so far, and how many are still missing.
+    results: Mutex<(Vec<Option<weir_proto::PutResult>>, usize)>,
+}
+
+impl BatchReply {
+    pub fn new(id: RequestId, tx: &mpsc::UnboundedSender<ServerFrame>, messages: usize) -> Self {
+        Self {
+            id,
+            tx: tx.clone(),
+            results: Mutex::new((vec![None; messages], messages)),
+        }
+    }
+
+    fn record(&self, index: usize, reply: Reply) {
+        use weir_proto::PutResult;
+        let result = match reply {
+            Reply::Committed(committed) => PutResult::Committed(committed),
+            Reply::Error(e) => PutResult::Error(e),
+            other => PutResult::Error(ErrorReply::new(
+                ErrorCode::Internal,
+                format!("unexpected answer to a PUT: {other:?}"),
+            )),
+        };
+        let mut guard = self.results.lock().unwrap_or_else(|e| e.into_inner());
+        let (results, missing) = &mut *guard;
+        let Some(slot) = results.get_mut(index) else {
+            return;
+        };
+        if slot.replace(result).is_none() {
+            *missing -= 1;
+        }
+        if *missing == 0 && !results.is_empty() {
+            let results: Vec<PutResult> = results.drain(..).flatten().collect();
+            let _ = self.tx.send(ServerFrame {
+                id: self.id,
+                reply: Reply::CommittedBatch(results),
+            });
+        }
+    }
+}
+
+impl Drop for BatchReply {
+    fn drop(&mut self) {
+        let (results, _) = self.results.get_mut().unwrap_or_else(|e| e.into_inner());
+        if results.is_empty() {
+            return; // sent
+        }
+        tracing::error!(id = %self.id, "a PUT of a batch was never answered");
+        let results = results
+            .drain(..)
+            .map(|r| {
+                r.unwrap_or_else(|| {
+                    weir_proto::PutResult::Error(ErrorReply::new(
+                        ErrorCode::Internal,
+                        "this PUT was never answered; it may or may not have been committed",
+                    ))
+                })
+            })
+            .collect();
+        let _ = self.tx.send(ServerFrame {
+            id: self.id,
+            reply: Reply::CommittedBatch(results),
+        });
     }
 }
 

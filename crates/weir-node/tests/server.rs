@@ -412,6 +412,69 @@ async fn puts_sent_in_one_write_with_bad_ones_among_them_are_each_answered_in_or
     Ok(())
 }
 
+fn batch(topic: &str, values: &[&[u8]]) -> Request {
+    Request::PutBatch(PutBatch {
+        topic: topic.into(),
+        producer_id: ProducerId(1),
+        first_seq: Seq(0),
+        messages: values
+            .iter()
+            .map(|v| PutMessage {
+                key: None,
+                value: v.to_vec(),
+            })
+            .collect(),
+    })
+}
+
+#[tokio::test]
+async fn a_put_batch_gets_one_answer_with_a_result_per_message_in_order() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let (node, conn) = node_with_topic_t(dir.path()).await?;
+    let mut s = Stream::open(&conn).await?;
+    let big = vec![0u8; weir_proto::limits::VALUE_BYTES_DEFAULT + 1];
+    let reply = s.call(1, batch("t", &[b"a", b"b", &big, b"c"])).await?;
+    let Reply::CommittedBatch(results) = reply else {
+        bail!("expected CommittedBatch, got {reply:?}");
+    };
+    assert_eq!(results.len(), 4);
+    let offsets: Vec<Option<Offset>> = results
+        .iter()
+        .map(|r| match r {
+            PutResult::Committed(c) => Some(c.offset),
+            PutResult::Error(_) => None,
+        })
+        .collect();
+    // The no-op holds offset 0; the refused message takes none.
+    assert_eq!(
+        offsets,
+        vec![Some(Offset(1)), Some(Offset(2)), None, Some(Offset(3))]
+    );
+    assert!(matches!(&results[2], PutResult::Error(e) if e.code == ErrorCode::TooLarge));
+    // Refused whole: one Error, not a result per message.
+    assert_eq!(
+        error_code(&s.call(2, batch("nope", &[b"x"])).await?),
+        Some(ErrorCode::NotFound)
+    );
+    assert_eq!(
+        error_code(&s.call(3, batch("t", &[])).await?),
+        Some(ErrorCode::BadRequest)
+    );
+    let too_many = vec![b"m".as_slice(); weir_proto::limits::PUT_BATCH_MESSAGES_MAX + 1];
+    assert_eq!(
+        error_code(&s.call(4, batch("t", &too_many)).await?),
+        Some(ErrorCode::BadRequest)
+    );
+    // The stream still works, and the batch's messages are readable at their offsets.
+    let reply = s.call(5, put("t", b"after")).await?;
+    assert!(
+        matches!(&reply, Reply::Committed(c) if c.offset == Offset(4)),
+        "{reply:?}"
+    );
+    node.shutdown().await;
+    Ok(())
+}
+
 #[tokio::test]
 async fn listener_follows_the_tail_and_sees_deletion() -> Result<()> {
     let dir = tempfile::tempdir()?;

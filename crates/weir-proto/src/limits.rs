@@ -24,5 +24,7 @@ pub const EVENTS_BATCH_BYTES_MAX: usize = 1024 * 1024;
 pub const EVENTS_BATCH_COUNT_MAX: usize = 4096;
 /// Longest error message a node sends; longer ones are cut.
 pub const ERROR_MESSAGE_BYTES_MAX: usize = 4 * 1024;
+/// Most messages in one `PutBatch` (the bytes are bounded by [`FRAME_BYTES_MAX`]).
+pub const PUT_BATCH_MESSAGES_MAX: usize = 1024;
 /// Most topics a node holds.
 pub const TOPICS_MAX: usize = 10_000;

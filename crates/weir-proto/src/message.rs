@@ -74,6 +74,58 @@ pub enum Request {
     ShowProgram {
         topic: String,
     },
+    /// Appends several messages to one topic, in order, as one request: how a producer
+    /// batches (docs/PROTOCOL.md). Answered with `CommittedBatch` (one result per message, in
+    /// order) or, when the whole batch is refused before any of it is proposed (unknown topic,
+    /// not the leader, malformed batch), with one `Error`.
+    PutBatch(PutBatch),
+}
+
+/// Messages for one topic from one producer: message `i` has sequence number `first_seq + i`.
+/// At most [`crate::limits::PUT_BATCH_MESSAGES_MAX`] messages, at least one.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PutBatch {
+    pub topic: String,
+    pub producer_id: ProducerId,
+    pub first_seq: Seq,
+    pub messages: Vec<PutMessage>,
+}
+
+impl fmt::Debug for PutBatch {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Payloads can be megabytes: log counts, not bytes.
+        f.debug_struct("PutBatch")
+            .field("topic", &self.topic)
+            .field("producer_id", &self.producer_id)
+            .field("first_seq", &self.first_seq)
+            .field("messages", &self.messages.len())
+            .finish()
+    }
+}
+
+/// One message of a [`PutBatch`].
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PutMessage {
+    #[serde(with = "serde_bytes")]
+    pub key: Option<Vec<u8>>,
+    #[serde(with = "serde_bytes")]
+    pub value: Vec<u8>,
+}
+
+impl fmt::Debug for PutMessage {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PutMessage")
+            .field("key_bytes", &self.key.as_ref().map(Vec::len))
+            .field("value_bytes", &self.value.len())
+            .finish()
+    }
+}
+
+/// The outcome of one message of a [`PutBatch`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum PutResult {
+    Committed(Committed),
+    Error(ErrorReply),
 }
 
 /// A topic program: a WebAssembly module (docs/PROGRAMS.md) and its `K=V` config.
@@ -167,6 +219,8 @@ pub enum Reply {
         at_offset: Offset,
     },
     Program(ProgramInfo),
+    /// The answer to a `PutBatch`: one result per message, in the batch's order.
+    CommittedBatch(Vec<PutResult>),
 }
 
 /// What a programmable topic's program did with one PUT.
