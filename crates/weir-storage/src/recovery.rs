@@ -494,14 +494,17 @@ fn check_index(
     let Some(&last) = loaded.entries.last() else {
         return Ok(Err("the index is empty".into()));
     };
+    // The base offset comes from the file name: near u64::MAX a plain add overflows.
+    let Some(last_offset) = base.get().checked_add(u64::from(last.relative_offset)) else {
+        return Ok(Err(format!(
+            "the last index entry {last:?} is beyond the largest offset"
+        )));
+    };
     let scan = scan_records(
         reader,
         log_bytes,
         base,
-        (
-            u64::from(last.position),
-            Offset(base.get() + u64::from(last.relative_offset)),
-        ),
+        (u64::from(last.position), Offset(last_offset)),
         END,
         IndexBuilder::resume(config.index_interval_bytes, loaded.last_max_timestamp_ms),
         config.record_bytes_max,

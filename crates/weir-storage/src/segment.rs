@@ -235,7 +235,11 @@ pub(crate) fn find_record_after(
     let header_bytes = RECORD_HEADER_BYTES as u64;
     let mut position = bad_position + 1;
     while position + header_bytes <= file_bytes {
-        let most = expected.get() + (position - bad_position) / header_bytes;
+        // Saturating: near u64::MAX (a segment's base offset comes from its file name) a plain
+        // add overflows, which panics in debug builds and in release wraps to an empty range.
+        let most = expected
+            .get()
+            .saturating_add((position - bad_position) / header_bytes);
         if reader.plausible_record_at(position, expected.get()..=most, record_bytes_max)? {
             return Ok(Some(position));
         }

@@ -163,6 +163,73 @@ fn valid_crc_with_wrong_offset_is_corruption_even_at_the_tail() {
     }
 }
 
+/// Found by fuzz/storage_recovery: `find_record_after` bounded the plausible offsets with a
+/// plain add, which overflowed for a segment whose base offset (from its file name) is next to
+/// u64::MAX: a panic in debug builds, and in release a wrapped, empty range that missed a valid
+/// record after the bad one and so cut it off as part of a torn tail.
+#[test]
+fn bad_record_near_the_largest_offset_is_told_apart_from_a_torn_tail() {
+    let base = u64::MAX - 1;
+    let name = format!("{base:020}.log");
+    // Garbage (its length field is far above the limit) long enough to reach the overflow.
+    let garbage = [0x24u8; 3 * RECORD_HEADER_BYTES + 1];
+
+    let dir = tempdir().unwrap();
+    fs::write(dir.path().join(&name), garbage).unwrap();
+    let log = open(dir.path(), &LogConfig::default());
+    let truncation = log.recovery().truncation.as_ref().expect("a torn tail");
+    assert_eq!((truncation.position, truncation.offset), (0, Offset(base)));
+    assert_eq!(log.next_offset(), Offset(base));
+    drop(log);
+
+    // The same garbage followed by a valid record at offset u64::MAX: corruption, not a tail.
+    let dir = tempdir().unwrap();
+    let mut bytes = garbage.to_vec();
+    let header = crate::record::encode_header(Offset(u64::MAX), ts(0), b"last");
+    bytes.extend_from_slice(&header);
+    bytes.extend_from_slice(b"last");
+    fs::write(dir.path().join(&name), &bytes).unwrap();
+    match Log::open(dir.path(), LogConfig::default()) {
+        Err(OpenError::Corrupt {
+            position, reason, ..
+        }) => {
+            assert_eq!(position, 0);
+            assert!(reason.contains("a valid record follows"), "{reason}");
+        }
+        other => panic!("expected Corrupt, got {other:?}"),
+    }
+    assert_eq!(fs::read(dir.path().join(&name)).unwrap(), bytes);
+}
+
+/// Found with fuzz/storage_recovery: `check_index` added a sealed segment's base offset (from
+/// its file name) and its index's last relative offset with a plain add, which overflowed (a
+/// panic in debug builds) for a segment based next to u64::MAX. Such an index is now rebuilt
+/// like any other inconsistent one (and here the log under it is garbage).
+#[test]
+fn index_entry_beyond_the_largest_offset_is_rebuilt_not_added() {
+    let dir = tempdir().unwrap();
+    let base = u64::MAX - 1;
+    fs::write(dir.path().join(format!("{base:020}.log")), [0u8; 49]).unwrap();
+    // Well formed (entry 1 is two headers' worth of bytes after entry 0), but base + 2 overflows.
+    let mut index = Vec::new();
+    for (relative, position) in [(0u32, 0u32), (2, 48)] {
+        index.extend_from_slice(&relative.to_le_bytes());
+        index.extend_from_slice(&position.to_le_bytes());
+        index.extend_from_slice(&0u64.to_le_bytes());
+    }
+    fs::write(dir.path().join(format!("{base:020}.idx")), index).unwrap();
+    fs::write(dir.path().join(format!("{:020}.log", u64::MAX)), b"").unwrap();
+    match Log::open(dir.path(), LogConfig::default()) {
+        Err(OpenError::Corrupt {
+            position, reason, ..
+        }) => {
+            assert_eq!(position, 0);
+            assert!(reason.contains("in a sealed segment"), "{reason}");
+        }
+        other => panic!("expected Corrupt, got {other:?}"),
+    }
+}
+
 /// Records 0..SEALED_N over six small segments, with a dense index; returns the config.
 const SEALED_N: u64 = 150;
 
