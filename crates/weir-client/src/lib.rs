@@ -58,7 +58,10 @@ pub use client::Client;
 pub use config::{ClientAuth, ClientConfig, LeaderRetryPolicy, ReconnectPolicy, resolve_cluster};
 pub use error::ClientError;
 pub use listener::Listener;
-pub use producer::{Producer, PutHandle};
+pub use producer::{
+    PRODUCER_BATCH_BYTES_MAX, PRODUCER_BATCH_MESSAGES_MAX, PRODUCER_BATCHES_IN_FLIGHT_MAX,
+    Producer, PutHandle,
+};
 pub use weir_proto::{
     ClusterInfo, Committed, ErrorCode, Event, FollowerStatus, ListenFrom, NodeInfo, NodeStatus,
     Offset, PeerStatus, ProgramInfo, ProgramOutcome, ProgramSpec, RaftStatus, TimestampMs,

@@ -388,7 +388,8 @@ fn all_not_leader(results: &[PutResult]) -> bool {
 
 /// The outcome of one PUT sent by a [`Producer`]: `.await` it (or call [`PutHandle::wait`]) for
 /// the [`Committed`] offset and timestamp. Waiting is bounded by the request timeout, counted
-/// from the send, resends to a new leader included.
+/// from when the PUT's batch went out (at once, unless [`PRODUCER_BATCHES_IN_FLIGHT_MAX`]
+/// batches were waiting), resends to a new leader included.
 #[derive(Debug)]
 #[must_use = "a PutHandle tells whether the PUT committed; await it or drop it explicitly"]
 pub struct PutHandle {
