@@ -75,8 +75,6 @@ pub const PEER_REDIAL_BACKOFF_MAX_MS: u64 = 5_000;
 const PEER_KEEP_ALIVE_MS: u64 = 1_000;
 /// A peer connection that hears nothing (keep-alives included) for this long is lost.
 const PEER_IDLE_TIMEOUT_MS: u32 = 10_000;
-/// Bytes read from the stream at a time.
-const READ_CHUNK_BYTES: usize = 64 * 1024;
 /// Estimated encoding of an envelope besides its entries and snapshot data.
 const ENVELOPE_OVERHEAD_BYTES: usize = 64;
 /// Estimated encoding of one entry besides its payload (term, index, tag, length varints).
@@ -871,8 +869,7 @@ impl Inner {
             .await
             .map_err(|e| format!("cannot send the hello: {}", lost(&conn, &e)))?;
         let mut decoder = FrameDecoder::new(FRAME_BYTES_MAX);
-        let mut buf = vec![0u8; READ_CHUNK_BYTES];
-        let answer = match read_frame::<PeerFrame>(&mut recv, &mut decoder, &mut buf).await {
+        let answer = match read_frame::<PeerFrame>(&mut recv, &mut decoder).await {
             Ok(Some(PeerFrame::Hello(hello))) => hello,
             Ok(Some(PeerFrame::Messages(_))) | Ok(None) => {
                 let reason = "expected a hello answer".to_owned();
@@ -946,8 +943,7 @@ impl Inner {
             .await
             .map_err(|e| format!("no stream: {e}"))?;
         let mut decoder = FrameDecoder::new(FRAME_BYTES_MAX);
-        let mut buf = vec![0u8; READ_CHUNK_BYTES];
-        let hello = match read_frame::<PeerFrame>(&mut recv, &mut decoder, &mut buf).await {
+        let hello = match read_frame::<PeerFrame>(&mut recv, &mut decoder).await {
             Ok(Some(PeerFrame::Hello(hello))) => hello,
             Ok(Some(PeerFrame::Messages(_))) | Ok(None) => {
                 return Err("the first frame must be a hello".into());
@@ -1027,9 +1023,8 @@ impl Inner {
         recv: &mut quinn::RecvStream,
         decoder: &mut FrameDecoder,
     ) -> Ended {
-        let mut buf = vec![0u8; READ_CHUNK_BYTES];
         loop {
-            let groups = match read_frame::<PeerFrame>(recv, decoder, &mut buf).await {
+            let groups = match read_frame::<PeerFrame>(recv, decoder).await {
                 Ok(Some(PeerFrame::Messages(groups))) => groups,
                 Ok(Some(PeerFrame::Hello(_))) => {
                     return Ended::Close(CLOSE_PROTOCOL, "hello after the handshake".into());

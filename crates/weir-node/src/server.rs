@@ -39,7 +39,7 @@ pub const PUTS_IN_FLIGHT_PER_STREAM_MAX: usize = 8192;
 pub const PUT_BATCH_MAX: usize = PUT_BATCH_MESSAGES_MAX;
 const _: () = assert!(PUT_BATCH_MAX <= PUTS_IN_FLIGHT_PER_STREAM_MAX);
 const _: () = assert!(PUT_BATCH_MAX <= crate::topic::PUTS_PENDING_PER_TOPIC_MAX);
-/// Bytes read from a stream at a time.
+/// Most bytes taken from a stream at a time.
 const READ_CHUNK_BYTES: usize = 64 * 1024;
 /// Replies coalesced into one write stop growing at this size.
 const WRITE_COALESCE_BYTES_MAX: usize = 256 * 1024;
@@ -115,19 +115,19 @@ async fn handle_connection(ctx: Arc<Ctx>, conn: quinn::Connection) {
     }
 }
 
-/// Reads the next whole frame. `Ok(None)` at a clean end of stream.
+/// Reads the next whole frame. `Ok(None)` at a clean end of stream. Takes what QUIC received
+/// as it is (no read buffer per stream: an idle stream costs only its decoder, empty).
 pub(crate) async fn read_frame<T: DeserializeOwned>(
     recv: &mut quinn::RecvStream,
     decoder: &mut FrameDecoder,
-    buf: &mut [u8],
 ) -> Result<Option<T>, StreamEnd> {
     loop {
         if let Some(frame) = decoder.next::<T>().map_err(StreamEnd::Frame)? {
             return Ok(Some(frame));
         }
-        match recv.read(buf).await {
-            Ok(Some(n)) => {
-                decoder.extend(&buf[..n]);
+        match recv.read_chunk(READ_CHUNK_BYTES, true).await {
+            Ok(Some(chunk)) => {
+                decoder.extend(&chunk.bytes);
                 decoder.check_header().map_err(StreamEnd::Frame)?;
             }
             Ok(None) if decoder.buffered_bytes() == 0 => return Ok(None),
@@ -158,8 +158,7 @@ fn frame_error_reply(e: &FrameError) -> ErrorReply {
 
 async fn handle_stream(ctx: Arc<Ctx>, mut send: quinn::SendStream, mut recv: quinn::RecvStream) {
     let mut decoder = FrameDecoder::new(FRAME_BYTES_MAX);
-    let mut buf = vec![0u8; READ_CHUNK_BYTES];
-    let first = match read_frame::<ClientFrame>(&mut recv, &mut decoder, &mut buf).await {
+    let first = match read_frame::<ClientFrame>(&mut recv, &mut decoder).await {
         Ok(Some(f)) => f,
         Ok(None) => return,
         Err(StreamEnd::Read(e)) => {
@@ -193,7 +192,7 @@ async fn handle_stream(ctx: Arc<Ctx>, mut send: quinn::SendStream, mut recv: qui
     loop {
         let frame = match next.take() {
             Some(f) => f,
-            None => match read_frame(&mut recv, &mut decoder, &mut buf).await {
+            None => match read_frame(&mut recv, &mut decoder).await {
                 Ok(Some(f)) => f,
                 Ok(None) => break,
                 Err(StreamEnd::Read(e)) => {
