@@ -1357,7 +1357,7 @@ pub(crate) fn check_put(topic: &str, key: Option<&[u8]>, value: &[u8]) -> Result
 
 /// A producer id unlikely to collide with another client's: time, process id and a per-process
 /// counter, mixed. Never 0 (0 means anonymous).
-fn new_producer_id() -> ProducerId {
+pub(crate) fn new_producer_id() -> ProducerId {
     static COUNTER: AtomicU64 = AtomicU64::new(0);
     let nanos = SystemTime::now()
         .duration_since(UNIX_EPOCH)

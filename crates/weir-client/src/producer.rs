@@ -1,6 +1,6 @@
 //! [`Producer`]: pipelined PUTs with a bounded window, sent in batches.
 
-use crate::client::{check_put, committed};
+use crate::client::{check_put, committed, new_producer_id};
 use crate::routing::{RoutedCall, Target};
 use crate::session::{Answer, OnAnswer, unexpected};
 use crate::{Client, ClientError};
@@ -11,7 +11,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, oneshot};
 use weir_proto::limits::PUT_BATCH_MESSAGES_MAX;
-use weir_proto::{Committed, ErrorCode, PutBatch, PutMessage, PutResult, Reply, Request, Seq};
+use weir_proto::{
+    Committed, ErrorCode, ProducerId, PutBatch, PutMessage, PutResult, Reply, Request, Seq,
+};
 
 /// Most PUTs a producer sends in one `PutBatch` request.
 pub const PRODUCER_BATCH_MESSAGES_MAX: usize = PUT_BATCH_MESSAGES_MAX;
@@ -75,6 +77,8 @@ pub struct Producer {
 /// What the producer and its sender task share.
 struct Shared {
     topic: String,
+    /// This producer's own id: with the sequence numbers below, what names each of its PUTs.
+    producer_id: ProducerId,
     /// The topic as the router wants it (cloned per batch without allocating).
     target: Target,
     buffer: Mutex<Buffer>,
@@ -102,6 +106,10 @@ struct Buffer {
     messages: Vec<PutMessage>,
     waiting: Vec<Waiting>,
     bytes: usize,
+    /// The sequence number of `messages[0]`; the others follow it.
+    first_seq: Seq,
+    /// The sequence number the next queued PUT gets.
+    next_seq: Seq,
 }
 
 /// A queued or sent PUT's handle and window permit (released with its answer).
@@ -119,6 +127,7 @@ impl Producer {
             .unwrap_or(u32::MAX)
             .max(1);
         let shared = Arc::new(Shared {
+            producer_id: new_producer_id(),
             target: Target::Topic(topic.as_str().into()),
             topic: topic.clone(),
             buffer: Mutex::default(),
@@ -140,6 +149,13 @@ impl Producer {
     /// The topic this producer writes to.
     pub fn topic(&self) -> &str {
         &self.topic
+    }
+
+    /// This producer's own id. Its PUTs are numbered 0, 1, 2, ... in send order, once, as they
+    /// are queued: a resend carries the same id and numbers (what de-duplication on the node
+    /// will build on).
+    pub fn producer_id(&self) -> ProducerId {
+        self.shared.producer_id
     }
 
     /// The most PUTs this producer keeps in flight.
@@ -192,6 +208,11 @@ impl Producer {
                     Some(message)
                 } else {
                     let (put, waiting) = message;
+                    if buffer.messages.is_empty() {
+                        buffer.first_seq = buffer.next_seq;
+                    }
+                    // Numbered once, as queued: a resend carries the same numbers.
+                    buffer.next_seq = Seq(buffer.next_seq.0 + 1);
                     buffer.messages.push(put);
                     buffer.waiting.push(waiting);
                     buffer.bytes += bytes;
@@ -265,13 +286,20 @@ impl Shared {
                 return;
             };
             // Taken after the slot: PUTs queued while waiting join this batch.
-            let Buffer {
-                messages, waiting, ..
-            } = std::mem::take(&mut *self.lock());
+            let (messages, waiting, first_seq) = {
+                let mut buffer = self.lock();
+                buffer.bytes = 0;
+                (
+                    std::mem::take(&mut buffer.messages),
+                    std::mem::take(&mut buffer.waiting),
+                    buffer.first_seq,
+                )
+            };
             if messages.is_empty() {
                 return;
             }
-            self.send_batch(client, messages, waiting, slot).await;
+            self.send_batch(client, messages, waiting, first_seq, slot)
+                .await;
         }
     }
 
@@ -280,14 +308,14 @@ impl Shared {
         client: &Client,
         messages: Vec<PutMessage>,
         waiting: Vec<Waiting>,
+        first_seq: Seq,
         slot: OwnedSemaphorePermit,
     ) {
         let inner = &client.inner;
         let request = Request::PutBatch(PutBatch {
             topic: self.topic.clone(),
-            producer_id: inner.producer_id,
-            // Stamped by the session's writer, in wire order.
-            first_seq: Seq(0),
+            producer_id: self.producer_id,
+            first_seq,
             messages,
         });
         let mut call = RoutedCall::new(inner.clone(), self.target.clone());

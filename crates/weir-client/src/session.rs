@@ -654,13 +654,11 @@ async fn write_loop(
             keep,
         }) = next.take()
         {
-            match &mut request {
-                Request::Put(put) => put.seq = Seq(seq.fetch_add(1, Ordering::Relaxed)),
-                Request::PutBatch(batch) => {
-                    let count = batch.messages.len() as u64;
-                    batch.first_seq = Seq(seq.fetch_add(count, Ordering::Relaxed));
-                }
-                _ => {}
+            // A lone PUT is numbered here, in wire order, under the client's producer id; a
+            // producer's batch carries its own id and the numbers it gave its PUTs when they
+            // were queued, which a resend keeps.
+            if let Request::Put(put) = &mut request {
+                put.seq = Seq(seq.fetch_add(1, Ordering::Relaxed));
             }
             let frame = ClientFrame { id, request };
             if let Err(e) = encode_frame(&frame, &mut buf) {

@@ -637,6 +637,23 @@ async fn producer_pipelines_100_puts_through_a_leader_change_and_all_commit() ->
     assert_eq!(values.len(), 100);
     assert!(a.batched_puts() >= 1, "the first PUTs went to the old node");
     assert_eq!(a.puts() + b.puts(), 0, "a producer sends batches");
+    // Numbered once, in send order, under the producer's own id: "m{i}" is number i, also
+    // when it reached B as a resend after A refused it.
+    for r in b.requests().into_iter().chain(a.requests()) {
+        let Request::PutBatch(batch) = r else {
+            continue;
+        };
+        assert_eq!(batch.producer_id, producer.producer_id());
+        for (i, message) in batch.messages.iter().enumerate() {
+            let seq = batch.first_seq.0 + i as u64;
+            assert_eq!(message.value, format!("m{seq}").into_bytes());
+        }
+    }
+    assert_ne!(
+        client.producer("t", 16)?.producer_id(),
+        producer.producer_id(),
+        "each producer has its own id"
+    );
     Ok(())
 }
 
