@@ -200,12 +200,7 @@ async fn handle_stream(ctx: Arc<Ctx>, mut send: quinn::SendStream, mut recv: qui
                     break;
                 }
                 Err(StreamEnd::Frame(e)) => {
-                    tracing::info!(error = %e, "bad frame; closing the stream");
-                    let _ = tx.send(ServerFrame {
-                        id: UNDECODABLE_FRAME_ID,
-                        reply: Reply::Error(frame_error_reply(&e)),
-                    });
-                    let _ = recv.stop(0u32.into());
+                    refuse_bad_frame(&e, &tx, &mut recv);
                     break;
                 }
             },
@@ -238,12 +233,7 @@ async fn handle_stream(ctx: Arc<Ctx>, mut send: quinn::SendStream, mut recv: qui
                     break;
                 }
                 if let Some(e) = bad {
-                    tracing::info!(error = %e, "bad frame; closing the stream");
-                    let _ = tx.send(ServerFrame {
-                        id: UNDECODABLE_FRAME_ID,
-                        reply: Reply::Error(frame_error_reply(&e)),
-                    });
-                    let _ = recv.stop(0u32.into());
+                    refuse_bad_frame(&e, &tx, &mut recv);
                     break;
                 }
                 continue;
@@ -261,6 +251,21 @@ async fn handle_stream(ctx: Arc<Ctx>, mut send: quinn::SendStream, mut recv: qui
     // The writer finishes the stream once every queued PUT has been answered.
     drop(tx);
     let _ = writer.await;
+}
+
+/// Answers a frame that could not be decoded (with the id reserved for that) and stops reading
+/// the stream; what was queued before it is still answered.
+fn refuse_bad_frame(
+    e: &FrameError,
+    tx: &mpsc::UnboundedSender<ServerFrame>,
+    recv: &mut quinn::RecvStream,
+) {
+    tracing::info!(error = %e, "bad frame; closing the stream");
+    let _ = tx.send(ServerFrame {
+        id: UNDECODABLE_FRAME_ID,
+        reply: Reply::Error(frame_error_reply(e)),
+    });
+    let _ = recv.stop(0u32.into());
 }
 
 /// Handles one request of a request stream. Returns false if the stream must close.

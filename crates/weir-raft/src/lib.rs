@@ -13,7 +13,9 @@
 //! 1. **Inputs.** Call one of
 //!    - [`Raft::handle_message`] for every message received from a peer,
 //!    - [`Raft::handle_timeout`] at (or after) [`Raft::next_timeout`],
-//!    - [`Raft::propose`] / [`Raft::propose_membership`] / [`Raft::transfer_leadership`],
+//!    - [`Raft::propose`] / [`Raft::propose_batch`] (many payloads as one step: one
+//!      `PersistEntries`, one round of appends) / [`Raft::propose_membership`] /
+//!      [`Raft::transfer_leadership`],
 //!    - [`Raft::handle_persisted`] when a `PersistEntries` is durable (with its last index and
 //!      term), [`Raft::handle_snapshot_persisted`] when a `PersistSnapshot` is,
 //!    - [`Raft::handle_applied`] after applying an `Apply` batch,
