@@ -348,21 +348,15 @@ impl SettleBatch {
     /// a task of its own does.
     fn answered(self, answer: Answer, answered_by: SocketAddr) {
         let answer = match answer {
-            (Ok(Reply::CommittedBatch(results)), request) => {
-                if !all_not_leader(&results) {
+            (Ok(Reply::CommittedBatch(results)), request) => match refused_whole(results) {
+                // Nothing of it was appended (refused as it was proposed): resend it whole, as
+                // a batch refused before proposing would be.
+                Ok(not_leader) => (Ok(Reply::Error(not_leader)), request),
+                Err(results) => {
                     self.call.inner().set_route(self.call.target(), answered_by);
                     return self.finish(Ok(Reply::CommittedBatch(results)));
                 }
-                // Nothing of it was appended (refused as it was proposed): resend it whole,
-                // as a batch refused before proposing would be.
-                match results.into_iter().next() {
-                    Some(PutResult::Error(e)) => (Ok(Reply::Error(e)), request),
-                    other => (
-                        Ok(Reply::CommittedBatch(other.into_iter().collect())),
-                        request,
-                    ),
-                }
-            }
+            },
             answer => answer,
         };
         match tokio::runtime::Handle::try_current() {
@@ -406,12 +400,20 @@ impl SettleBatch {
     }
 }
 
-/// Every message of a batch was refused as not leader (so none was appended).
-fn all_not_leader(results: &[PutResult]) -> bool {
-    !results.is_empty()
+/// The first message's error if every message of a batch was refused as not leader (so none
+/// was appended); else the results, untouched.
+fn refused_whole(results: Vec<PutResult>) -> Result<weir_proto::ErrorReply, Vec<PutResult>> {
+    let all_not_leader = !results.is_empty()
         && results
             .iter()
-            .all(|r| matches!(r, PutResult::Error(e) if e.code == ErrorCode::NotLeader))
+            .all(|r| matches!(r, PutResult::Error(e) if e.code == ErrorCode::NotLeader));
+    if !all_not_leader {
+        return Err(results);
+    }
+    match results.into_iter().next() {
+        Some(PutResult::Error(first)) => Ok(first),
+        _ => unreachable!("checked above: a non-empty batch of errors"),
+    }
 }
 
 /// The outcome of one PUT sent by a [`Producer`]: `.await` it (or call [`PutHandle::wait`]) for
