@@ -792,6 +792,13 @@ mod tests {
         waiter_due(60_000)
     }
 
+    /// Registers `waiter`, which must be accepted.
+    fn register(waiters: &Waiters, id: RequestId, waiter: Waiter, is_put: bool) {
+        if let Err((e, _)) = waiters.register(id, waiter, is_put) {
+            panic!("{id} refused: {e}");
+        }
+    }
+
     fn put(topic: &str) -> Request {
         Request::Put(weir_proto::Put {
             topic: topic.to_owned(),
@@ -815,14 +822,8 @@ mod tests {
         let waiters = waiters();
         let (w1, mut rx1) = waiter();
         let (w2, mut rx2) = waiter();
-        waiters
-            .register(RequestId(1), w1, false)
-            .map_err(|(e, _)| e)
-            .unwrap();
-        waiters
-            .register(RequestId(2), w2, false)
-            .map_err(|(e, _)| e)
-            .unwrap();
+        register(&waiters, RequestId(1), w1, false);
+        register(&waiters, RequestId(2), w2, false);
 
         let mut bytes = Vec::new();
         for (id, off) in [(2, 20), (1, 10)] {
@@ -851,10 +852,7 @@ mod tests {
     fn a_failed_stream_fails_outstanding_and_later_requests() {
         let waiters = waiters();
         let (w1, mut rx1) = waiter();
-        waiters
-            .register(RequestId(1), w1, false)
-            .map_err(|(e, _)| e)
-            .unwrap();
+        register(&waiters, RequestId(1), w1, false);
         waiters.fail(ClientError::ConnectionLost("gone".into()));
         assert_eq!(
             rx1.try_recv().unwrap().0,
@@ -875,14 +873,8 @@ mod tests {
         let waiters = waiters();
         let (w1, mut rx1) = waiter();
         let (w2, mut rx2) = waiter();
-        waiters
-            .register(RequestId(1), w1, false)
-            .map_err(|(e, _)| e)
-            .unwrap();
-        waiters
-            .register(RequestId(2), w2, false)
-            .map_err(|(e, _)| e)
-            .unwrap();
+        register(&waiters, RequestId(1), w1, false);
+        register(&waiters, RequestId(2), w2, false);
         waiters.keep(RequestId(1), Request::Status);
         waiters.keep(RequestId(2), Request::ListTopics);
         // Keeping for a request nobody waits for any more just drops it.
@@ -913,10 +905,7 @@ mod tests {
         for (id, topic) in [(1, None), (2, Some("a")), (3, Some("b")), (4, Some("a"))] {
             let (w, rx) = waiter();
             receivers.push(rx);
-            waiters
-                .register(RequestId(id), w, topic.is_some())
-                .map_err(|(e, _)| e)
-                .unwrap();
+            register(&waiters, RequestId(id), w, topic.is_some());
             if let Some(topic) = topic {
                 waiters.keep(RequestId(id), put(topic));
             }
@@ -954,17 +943,11 @@ mod tests {
         // The expiry task goes to sleep with nothing to wait for.
         tokio::task::yield_now().await;
         let (late, mut rx_late) = waiter_due(60_000);
-        waiters
-            .register(RequestId(1), late, true)
-            .map_err(|(e, _)| e)
-            .unwrap();
+        register(&waiters, RequestId(1), late, true);
         tokio::task::yield_now().await;
         // Now it sleeps until the late deadline: a sooner one must wake it.
         let (soon, rx_soon) = waiter_due(20);
-        waiters
-            .register(RequestId(2), soon, true)
-            .map_err(|(e, _)| e)
-            .unwrap();
+        register(&waiters, RequestId(2), soon, true);
         let (result, _) = tokio::time::timeout(Duration::from_secs(10), rx_soon)
             .await
             .expect("the sooner deadline was not honoured")

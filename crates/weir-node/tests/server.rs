@@ -57,14 +57,21 @@ impl Stream {
     }
 
     async fn send(&mut self, id: u64, request: Request) -> Result<()> {
+        self.send_all([(id, request)]).await
+    }
+
+    /// Every request in one write: what a pipelining client does.
+    async fn send_all(&mut self, requests: impl IntoIterator<Item = (u64, Request)>) -> Result<()> {
         let mut buf = Vec::new();
-        encode_frame(
-            &ClientFrame {
-                id: RequestId(id),
-                request,
-            },
-            &mut buf,
-        )?;
+        for (id, request) in requests {
+            encode_frame(
+                &ClientFrame {
+                    id: RequestId(id),
+                    request,
+                },
+                &mut buf,
+            )?;
+        }
         self.send.write_all(&buf).await?;
         Ok(())
     }
@@ -284,17 +291,9 @@ async fn pipelined_puts_on_eight_streams_share_fsyncs_and_get_distinct_increasin
         tasks.push(tokio::spawn(async move {
             let mut stream = Stream::open(&conn).await?;
             // Send every PUT before reading any reply: pipelining.
-            let mut buf = Vec::new();
-            for i in 1..=PUTS {
-                encode_frame(
-                    &ClientFrame {
-                        id: RequestId(i),
-                        request: put("t", format!("{s}-{i}").as_bytes()),
-                    },
-                    &mut buf,
-                )?;
-            }
-            stream.send.write_all(&buf).await?;
+            stream
+                .send_all((1..=PUTS).map(|i| (i, put("t", format!("{s}-{i}").as_bytes()))))
+                .await?;
             stream.send.finish()?;
             let mut offsets = Vec::new();
             while let Some(f) = stream.next().await? {
@@ -365,17 +364,7 @@ async fn puts_sent_in_one_write_with_bad_ones_among_them_are_each_answered_in_or
     for id in 7..7 + many {
         requests.push((id, put("t", format!("good-{id}").as_bytes())));
     }
-    let mut buf = Vec::new();
-    for (id, request) in requests {
-        encode_frame(
-            &ClientFrame {
-                id: RequestId(id),
-                request,
-            },
-            &mut buf,
-        )?;
-    }
-    s.send.write_all(&buf).await?;
+    s.send_all(requests).await?;
     s.send.finish()?;
     let mut committed = Vec::new();
     let mut refused = Vec::new();
