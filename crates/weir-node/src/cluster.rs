@@ -177,6 +177,7 @@ impl Cluster {
             stamp_timestamps: false,
             fsync: weir_storage::FsyncPolicy::Always,
             retention: None,
+            producers: None,
         };
         let meta = GroupHandle::start(config, store, transport, on_apply).map_err(|source| {
             ClusterError::Io {

@@ -51,6 +51,7 @@ use weir_storage::FsyncPolicy;
 
 use crate::group_store::GroupStore;
 use crate::peer::{GroupId, PeerNet};
+use crate::producers::{ProducerAdmission, Verdict};
 
 /// Most inputs handled in one round (one fsync) before the thread fsyncs and reports.
 pub const GROUP_INPUT_BATCH_MAX: usize = 1024;
@@ -93,6 +94,10 @@ pub struct GroupConfig {
     /// Retention of the group's log, applied by compacting (an empty snapshot: for groups whose
     /// state machine needs none, as plain topics). `None`: keep everything.
     pub retention: Option<Retention>,
+    /// Topic groups: each PUT a leader proposes is checked against the producers' applied
+    /// state first (exactly-once; see `producers`), and no PUT is proposed before the
+    /// leader's term-start entry is applied. `None`: proposals are not checked.
+    pub producers: Option<ProducerAdmission>,
 }
 
 /// Size and age limits of a group's log, checked every `check_interval_ms`.
@@ -137,6 +142,14 @@ pub enum ProposalError {
     /// A snapshot installed over the proposal's index: whether it committed is unknown.
     #[error("outcome unknown: a snapshot replaced the log at the proposal's index")]
     Unknown,
+    /// The producer check refused the PUT (nothing was proposed): a duplicate, a gap, or one
+    /// still in flight ([`Verdict`], never `Accept`).
+    #[error("refused by the producer check: {0:?}")]
+    Producer(Verdict),
+    /// This node leads, but has not applied its term's first entry yet, so it cannot check a
+    /// PUT against its producers' state: retry shortly.
+    #[error("the leader is still applying its predecessors' entries")]
+    NotReady,
 }
 
 /// Answer to one proposal, called once, from the group thread.
@@ -377,6 +390,7 @@ impl GroupHandle {
             stamp_timestamps: config.stamp_timestamps,
             fsync: config.fsync,
             retention: config.retention,
+            producers: config.producers,
             last_retention: Instant::now(),
             last_sync: Instant::now(),
             unsynced: false,
@@ -561,6 +575,7 @@ struct Runner {
     stamp_timestamps: bool,
     fsync: FsyncPolicy,
     retention: Option<Retention>,
+    producers: Option<ProducerAdmission>,
     last_retention: Instant,
     last_sync: Instant,
     /// Entries were reported persisted without an fsync (`Interval`/`Never`).
@@ -737,7 +752,9 @@ impl Runner {
         }
     }
 
-    /// [`Runner::propose`] for many, as one step of the core (`Raft::propose_batch`).
+    /// [`Runner::propose`] for many, as one step of the core (`Raft::propose_batch`). With a
+    /// producer check, a leader first checks each PUT (in order, counting the ones before it
+    /// in the batch) and proposes only the accepted ones.
     fn propose_batch(&mut self, batch: Vec<(Vec<u8>, ReplyOnce)>) {
         if let Some(reason) = &self.failure {
             for (_, reply) in batch {
@@ -746,17 +763,56 @@ impl Runner {
             return;
         }
         let room = PROPOSALS_PENDING_MAX.saturating_sub(self.pending.len());
+        let leader = self.raft.role() == Role::Leader;
         // As in `propose`: stamped on the group thread (one stamp for the batch), leader only.
-        let stamp = (self.stamp_timestamps && self.raft.role() == Role::Leader).then(|| {
+        let stamp = (self.stamp_timestamps && leader).then(|| {
             let last = self.raft.store().last_timestamp();
             TimestampMs(crate::clock::now_ms().max(last.0))
         });
+        // Checked only by a leader (anyone else refuses every proposal as not leader), and
+        // only once its applied state holds everything before its term.
+        let ready = self
+            .raft
+            .term_start()
+            .is_some_and(|start| self.raft.applied_index() >= start);
+        let term = self.raft.term().0;
+        let now = self.now();
+        let mut check = match &mut self.producers {
+            Some(admission) if leader => {
+                if !ready {
+                    for (_, reply) in batch {
+                        reply.send(Err(ProposalError::NotReady));
+                    }
+                    return;
+                }
+                Some(admission.check(term))
+            }
+            _ => None,
+        };
         let mut datas = Vec::with_capacity(batch.len().min(room));
         let mut replies = Vec::with_capacity(batch.len().min(room));
+        let mut puts = Vec::new();
         for (i, (mut data, reply)) in batch.into_iter().enumerate() {
             if i >= room {
                 reply.send(Err(ProposalError::Busy));
                 continue;
+            }
+            if let Some(check) = &mut check {
+                // Refused here rather than by the core: a refusal after the check accepted
+                // the PUT would leave a gap in its producer's sequence.
+                if data.len() > weir_raft::ENTRY_BYTES_MAX {
+                    reply.send(Err(ProposalError::Rejected(ProposeError::TooLarge)));
+                    continue;
+                }
+                let put = weir_proto::entry::entry_producer(&data);
+                if let Some((producer, seq)) = put {
+                    let verdict = check.verdict(producer, seq);
+                    if verdict != Verdict::Accept {
+                        reply.send(Err(ProposalError::Producer(verdict)));
+                        continue;
+                    }
+                }
+                puts.push(put);
             }
             if let Some(timestamp_ms) = stamp {
                 weir_proto::entry::stamp_timestamp(&mut data, timestamp_ms);
@@ -764,9 +820,24 @@ impl Runner {
             datas.push(data);
             replies.push(reply);
         }
-        let now = self.now();
         let results = self.raft.propose_batch(now, datas);
         debug_assert_eq!(results.len(), replies.len(), "one result per proposal");
+        if let Some(check) = &mut check {
+            debug_assert_eq!(results.len(), puts.len(), "one check per proposal");
+            let mut refused = false;
+            for (result, put) in results.iter().zip(&puts) {
+                match (result, put) {
+                    (Ok((index, _)), Some((producer, seq))) => {
+                        // The core refuses only a suffix (`Busy`): no gap behind an accepted PUT.
+                        debug_assert!(!refused, "a PUT proposed after a refused one");
+                        check.proposed(*producer, *seq, weir_proto::Offset(index.0 - 1));
+                    }
+                    (Ok(_), None) => {}
+                    (Err(_), _) => refused = true,
+                }
+            }
+        }
+        drop(check);
         let timestamp_ms = stamp.unwrap_or(TimestampMs::ZERO);
         for (result, reply) in results.into_iter().zip(replies) {
             self.proposed(result, timestamp_ms, reply);

@@ -22,6 +22,7 @@ pub mod config;
 pub mod group;
 pub mod group_store;
 pub mod peer;
+pub mod producers;
 mod program;
 pub mod server;
 mod topic;

@@ -17,6 +17,7 @@ use crate::group::{
 };
 use crate::group_store::GroupStore;
 use crate::peer::GroupId;
+use crate::producers::{self, ProducerAdmission, ProducerTable, Verdict};
 use crate::program::{self, ProgramReplica};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -215,20 +216,90 @@ struct OpenTopic {
     /// lock is held while it runs (or compiles a new module), so status and listeners must
     /// not wait for it. Both stay valid across the event log's resets.
     events: Option<(LogReader, watch::Receiver<Offset>)>,
+    /// A programmable topic's latest program outcomes (shared with the apply path): what a
+    /// resent PUT is answered with.
+    outcomes: Option<Arc<Mutex<RecentOutcomes>>>,
 }
 
-/// A topic replica's state machine: the committed watch, and the program if it has one.
+/// Program outcomes remembered per topic for answering resent PUTs: a producer has at most a
+/// few batches in flight (4 of up to 1,024 PUTs with the weir client), so a resend finds its
+/// PUT's outcome here unless the replica restarted since it was applied.
+pub const PROGRAM_OUTCOMES_RECENT_MAX: usize = 16 * 1024;
+
+/// The last [`PROGRAM_OUTCOMES_RECENT_MAX`] program outcomes, by input offset. Not part of the
+/// replicated state: a replica that restarted (or installed a snapshot) knows only the outcomes
+/// it applied since, and answers a resend of an older PUT with its offset alone.
+#[derive(Debug, Default)]
+struct RecentOutcomes {
+    /// Ascending offsets.
+    outcomes: std::collections::VecDeque<(Offset, ProgramOutcome)>,
+}
+
+impl RecentOutcomes {
+    fn push(&mut self, offset: Offset, outcome: ProgramOutcome) {
+        debug_assert!(
+            self.outcomes.back().is_none_or(|(last, _)| *last < offset),
+            "outcomes are applied in offset order"
+        );
+        if self.outcomes.len() == PROGRAM_OUTCOMES_RECENT_MAX {
+            self.outcomes.pop_front();
+        }
+        self.outcomes.push_back((offset, outcome));
+    }
+
+    fn get(&self, offset: Offset) -> Option<ProgramOutcome> {
+        let i = self
+            .outcomes
+            .binary_search_by_key(&offset, |(o, _)| *o)
+            .ok()?;
+        Some(self.outcomes[i].1.clone())
+    }
+}
+
+/// A topic replica's state machine: the committed watch, the producer table, and the program
+/// if it has one.
 struct TopicMachine {
     program: Option<Arc<Mutex<ProgramReplica>>>,
     committed_tx: watch::Sender<Offset>,
+    /// Shared with the leader's check on the group thread ([`ProducerAdmission`]).
+    producers: Arc<Mutex<ProducerTable>>,
+    /// With a program: its outcomes, as they are applied.
+    outcomes: Option<Arc<Mutex<RecentOutcomes>>>,
 }
 
 impl StateMachine for TopicMachine {
     fn apply(&mut self, entries: &[Entry]) -> Applied {
+        {
+            let mut table = lock(&self.producers);
+            for entry in entries {
+                // Entry i is at offset i - 1.
+                let offset = Offset(entry.index.0 - 1);
+                let put = match &entry.payload {
+                    Payload::Normal(data) => weir_proto::entry::entry_producer(data)
+                        .map(|put| (put, weir_proto::entry::entry_timestamp(data))),
+                    Payload::Noop | Payload::Membership(_) => None,
+                };
+                match put {
+                    Some(((producer, seq), timestamp_ms)) => table.apply(
+                        offset,
+                        timestamp_ms.unwrap_or(TimestampMs::ZERO),
+                        producer,
+                        seq,
+                    ),
+                    None => table.apply_other(offset),
+                }
+            }
+        }
         let applied = match &self.program {
             Some(replica) => lock(replica).apply(entries),
             None => Vec::new(),
         };
+        if let Some(outcomes) = &self.outcomes {
+            let mut outcomes = lock(outcomes);
+            for (index, outcome) in &applied {
+                outcomes.push(Offset(index.0 - 1), outcome.clone());
+            }
+        }
         if let Some(last) = entries.last() {
             // Entry i is at offset i - 1: everything below offset i is committed.
             self.committed_tx.send_replace(Offset(last.index.0));
@@ -236,18 +307,27 @@ impl StateMachine for TopicMachine {
         applied
     }
 
+    /// The snapshot holds the producer table as applied now (possibly past the compaction
+    /// index: a replica that installs it skips re-applying what the table holds), then the
+    /// program's snapshot (nothing for a plain topic, whose state is its log).
     fn compaction(&mut self, upto: LogIndex) -> Option<(LogIndex, Vec<u8>)> {
-        match &self.program {
-            Some(replica) => lock(replica).compaction(upto),
-            // A plain topic's state is its log: retention compacts with an empty snapshot.
-            None => Some((upto, Vec::new())),
-        }
+        let (index, data) = match &self.program {
+            Some(replica) => lock(replica).compaction(upto)?,
+            None => (upto, Vec::new()),
+        };
+        Some((
+            index,
+            producers::encode_snapshot(&lock(&self.producers), &data),
+        ))
     }
 
     fn restore(&mut self, snapshot: &weir_raft::Snapshot) -> Result<(), String> {
+        let (table, data) = producers::decode_snapshot(&snapshot.data)
+            .map_err(|e| format!("snapshot's producer table: {e}"))?;
         if let Some(replica) = &self.program {
-            lock(replica).restore(&snapshot.data)?;
+            lock(replica).restore(data)?;
         }
+        *lock(&self.producers) = table;
         // Everything through the snapshot is committed.
         self.committed_tx
             .send_replace(Offset(snapshot.meta.last_index.0));
@@ -322,6 +402,11 @@ impl Topic {
         // learns the commit index.
         let snapshot_index = store.first_index().0 - 1;
         let (committed_tx, committed_rx) = watch::channel(Offset(snapshot_index));
+        // The producer table as of the snapshot; the group re-applies the log after it.
+        let snapshot_data = store.snapshot().map(|s| s.data).unwrap_or_default();
+        let (table, program_data) = producers::decode_snapshot(&snapshot_data)
+            .map_err(|e| format!("the snapshot's producer table: {e}"))?;
+        let table = Arc::new(Mutex::new(table));
         let program = match &entry.config.program {
             Some(spec) => {
                 let segment_bytes = log_config(&env.node, &entry.config).segment_bytes_max;
@@ -345,8 +430,7 @@ impl Topic {
             // snapshot (which carries the program's state) does.
             let covered = replica.applied_through().map_or(0, |done| done + 1);
             if covered < snapshot_index {
-                let data = store.snapshot().map(|s| s.data).unwrap_or_default();
-                replica.restore(&data).map_err(|e| {
+                replica.restore(program_data).map_err(|e| {
                     format!(
                         "topic program: the input log is compacted through offset {} but the program's state is not: {e}",
                         snapshot_index - 1
@@ -354,9 +438,14 @@ impl Topic {
                 })?;
             }
         }
+        let outcomes = program
+            .as_ref()
+            .map(|_| Arc::new(Mutex::new(RecentOutcomes::default())));
         let machine = TopicMachine {
             program: program.clone(),
+            outcomes: outcomes.clone(),
             committed_tx,
+            producers: table.clone(),
         };
         let me = env.node.node_id;
         let initial = if entry.founders.contains(&me.0) {
@@ -380,6 +469,7 @@ impl Topic {
                 }),
                 None => retention(&env.node, &entry.config),
             },
+            producers: Some(ProducerAdmission::new(table)),
         };
         let handle = GroupHandle::start(config, store, env.transport.clone(), machine)
             .map_err(|e| format!("cannot start the group thread: {e}"))?;
@@ -390,6 +480,7 @@ impl Topic {
             committed: committed_rx,
             program,
             events,
+            outcomes,
         })
     }
 
@@ -455,6 +546,7 @@ impl Topic {
             self.name.clone(),
             self.directory.clone(),
             open.handle.clone(),
+            open.outcomes.clone(),
         ));
         let proposals = batch
             .into_iter()
@@ -472,8 +564,20 @@ impl Topic {
                             timestamp_ms,
                             program,
                         }),
+                        // Committed before: the original answer (with its program outcome if
+                        // this replica still remembers it: see `RecentOutcomes`).
+                        Err(ProposalError::Producer(Verdict::Duplicate(original))) => {
+                            Reply::Committed(Committed {
+                                offset: original.offset,
+                                timestamp_ms: original.timestamp_ms,
+                                program: context
+                                    .3
+                                    .as_ref()
+                                    .and_then(|o| lock(o).get(original.offset)),
+                            })
+                        }
                         Err(e) => {
-                            let (name, directory, handle) = &*context;
+                            let (name, directory, handle, _) = &*context;
                             Reply::Error(proposal_error(name, e, directory, handle))
                         }
                     })
@@ -736,5 +840,58 @@ pub(crate) fn proposal_error(
             format!("{what:?}: the outcome is unknown (a snapshot replaced the log here)"),
         ),
         ProposalError::Storage(reason) => unavailable(what, &reason),
+        ProposalError::NotReady => ErrorReply::new(
+            ErrorCode::Busy,
+            format!(
+                "the new leader of {what:?} is still applying its predecessors' entries; retry shortly (nothing was written)"
+            ),
+        ),
+        ProposalError::Producer(verdict) => producer_error(what, verdict),
+    }
+}
+
+/// The client-facing error for a PUT the producer check refused (nothing was written).
+fn producer_error(what: &str, verdict: Verdict) -> ErrorReply {
+    match verdict {
+        Verdict::Gap {
+            expected,
+            known: true,
+        } => ErrorReply::new(
+            ErrorCode::OutOfOrderSequence,
+            format!(
+                "{what:?} expects this producer's sequence number {expected} next; send the PUTs before this one first"
+            ),
+        ),
+        Verdict::Gap { known: false, .. } => ErrorReply::new(
+            ErrorCode::OutOfOrderSequence,
+            format!(
+                "{what:?} does not know this producer (new, or its state expired after {} ms idle), so its first PUT must have sequence number 0",
+                producers::PRODUCER_IDLE_EXPIRY_MS
+            ),
+        ),
+        Verdict::InFlight => ErrorReply::new(
+            ErrorCode::Busy,
+            format!(
+                "this PUT is already being committed to {what:?} (a resend of one in flight); retry to get its offset"
+            ),
+        ),
+        Verdict::Forgotten { last_seq } => ErrorReply::new(
+            ErrorCode::DuplicateSequence,
+            format!(
+                "this PUT was committed to {what:?} before (the producer is at sequence number {last_seq}), but its offset is no longer remembered"
+            ),
+        ),
+        // Answered as committed by `Topic::append_batch`.
+        Verdict::Duplicate(original) => ErrorReply::new(
+            ErrorCode::DuplicateSequence,
+            format!(
+                "this PUT was committed to {what:?} before, at offset {}",
+                original.offset
+            ),
+        ),
+        Verdict::Accept => ErrorReply::new(
+            ErrorCode::Internal,
+            "a PUT accepted by the producer check was not proposed",
+        ),
     }
 }

@@ -42,6 +42,7 @@ fn config(id: u64, voters: &[u64]) -> GroupConfig {
         stamp_timestamps: false,
         fsync: weir_storage::FsyncPolicy::Always,
         retention: None,
+        producers: None,
     }
 }
 

@@ -106,7 +106,7 @@ fn put(topic: &str, value: &[u8]) -> Request {
         topic: topic.into(),
         key: None,
         value: value.to_vec(),
-        producer_id: ProducerId(1),
+        producer_id: ProducerId(0),
         seq: Seq(0),
     })
 }
@@ -404,7 +404,7 @@ async fn puts_sent_in_one_write_with_bad_ones_among_them_are_each_answered_in_or
 fn batch(topic: &str, values: &[&[u8]]) -> Request {
     Request::PutBatch(PutBatch {
         topic: topic.into(),
-        producer_id: ProducerId(1),
+        producer_id: ProducerId(0),
         first_seq: Seq(0),
         messages: values
             .iter()
@@ -606,6 +606,194 @@ async fn interval_fsync_syncs_an_idle_topic_on_its_own() -> Result<()> {
             "no interval fsync happened"
         );
     }
+    node.shutdown().await;
+    Ok(())
+}
+
+/// A batch of `values` from producer `producer`, numbered from `first_seq`.
+fn producer_batch(topic: &str, producer: u64, first_seq: u64, values: &[&[u8]]) -> Request {
+    let Request::PutBatch(mut b) = batch(topic, values) else {
+        unreachable!("batch builds a PutBatch")
+    };
+    b.producer_id = ProducerId(producer);
+    b.first_seq = Seq(first_seq);
+    Request::PutBatch(b)
+}
+
+/// Each result's (offset, timestamp), or its error code.
+fn batch_results(reply: Reply) -> Result<Vec<Result<(Offset, TimestampMs), ErrorCode>>> {
+    let Reply::CommittedBatch(results) = reply else {
+        bail!("expected CommittedBatch, got {reply:?}");
+    };
+    Ok(results
+        .into_iter()
+        .map(|r| match r {
+            PutResult::Committed(c) => Ok((c.offset, c.timestamp_ms)),
+            PutResult::Error(e) => Err(e.code),
+        })
+        .collect())
+}
+
+/// The offset an anonymous PUT gets: shows how many entries the topic holds.
+async fn next_put_offset(s: &mut Stream, id: u64, topic: &str) -> Result<Offset> {
+    match s.call(id, put(topic, b"probe")).await? {
+        Reply::Committed(c) => Ok(c.offset),
+        other => bail!("probe PUT failed: {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn a_resent_batch_gets_its_original_offsets_and_is_not_appended_again() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let (node, conn) = node_with_topic_t(dir.path()).await?;
+    let mut s = Stream::open(&conn).await?;
+    let first = batch_results(
+        s.call(1, producer_batch("t", 7, 0, &[b"a", b"b", b"c"]))
+            .await?,
+    )?;
+    let offsets: Vec<_> = first.iter().map(|r| r.map(|(o, _)| o)).collect();
+    // The no-op holds offset 0.
+    assert_eq!(offsets, vec![Ok(Offset(1)), Ok(Offset(2)), Ok(Offset(3))]);
+    // The same batch again (a client that lost the answer): the same answer, nothing new.
+    let again = batch_results(
+        s.call(2, producer_batch("t", 7, 0, &[b"a", b"b", b"c"]))
+            .await?,
+    )?;
+    assert_eq!(again, first, "a resend is answered as the original was");
+    assert_eq!(next_put_offset(&mut s, 3, "t").await?, Offset(4));
+    // A resend overlapping new PUTs: the old ones answered, the new ones appended once.
+    let overlap = batch_results(
+        s.call(4, producer_batch("t", 7, 2, &[b"c", b"d", b"e"]))
+            .await?,
+    )?;
+    let offsets: Vec<_> = overlap.iter().map(|r| r.map(|(o, _)| o)).collect();
+    assert_eq!(offsets, vec![Ok(Offset(3)), Ok(Offset(5)), Ok(Offset(6))]);
+    // A lone PUT of the producer, resent: one entry.
+    let lone = |seq: u64| {
+        Request::Put(Put {
+            topic: "t".into(),
+            key: None,
+            value: b"f".to_vec(),
+            producer_id: ProducerId(7),
+            seq: Seq(seq),
+        })
+    };
+    let Reply::Committed(f) = s.call(5, lone(5)).await? else {
+        bail!("lone PUT failed");
+    };
+    assert_eq!(f.offset, Offset(7));
+    assert_eq!(s.call(6, lone(5)).await?, Reply::Committed(f));
+    assert_eq!(next_put_offset(&mut s, 7, "t").await?, Offset(8));
+    node.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_sequence_gap_is_refused_as_out_of_order_and_writes_nothing() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let (node, conn) = node_with_topic_t(dir.path()).await?;
+    let mut s = Stream::open(&conn).await?;
+    // A producer the topic does not know must start at 0.
+    let unknown = batch_results(s.call(1, producer_batch("t", 9, 3, &[b"x", b"y"])).await?)?;
+    assert_eq!(
+        unknown,
+        vec![
+            Err(ErrorCode::OutOfOrderSequence),
+            Err(ErrorCode::OutOfOrderSequence)
+        ]
+    );
+    assert_eq!(next_put_offset(&mut s, 2, "t").await?, Offset(1));
+    let started = batch_results(s.call(3, producer_batch("t", 9, 0, &[b"a", b"b"])).await?)?;
+    assert!(started.iter().all(Result::is_ok), "{started:?}");
+    // Skipping sequence number 2: refused, not reordered.
+    let gap = batch_results(s.call(4, producer_batch("t", 9, 3, &[b"d"])).await?)?;
+    assert_eq!(gap, vec![Err(ErrorCode::OutOfOrderSequence)]);
+    assert_eq!(next_put_offset(&mut s, 5, "t").await?, Offset(4));
+    // The missing one, then the refused one: both land, in order.
+    let filled = batch_results(s.call(6, producer_batch("t", 9, 2, &[b"c", b"d"])).await?)?;
+    let offsets: Vec<_> = filled.iter().map(|r| r.map(|(o, _)| o)).collect();
+    assert_eq!(offsets, vec![Ok(Offset(5)), Ok(Offset(6))]);
+    // A retryable refusal: nothing of it was written.
+    assert!(ErrorCode::OutOfOrderSequence.is_retryable());
+    node.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn producer_state_survives_compaction_and_a_restart() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let start = || {
+        let mut config = NodeConfig::new(dir.path());
+        config.listen = "127.0.0.1:0".parse().expect("an address");
+        config.retention_check_interval_ms = 20;
+        Node::start(config)
+    };
+    let node = start().await?;
+    let conn = connect(&node).await?;
+    let mut s = Stream::open(&conn).await?;
+    let created = s
+        .call(
+            1,
+            Request::CreateTopic {
+                name: "r".into(),
+                config: TopicConfig {
+                    retention_bytes: Some(4096),
+                    segment_bytes: Some(4096),
+                    ..TopicConfig::default()
+                },
+            },
+        )
+        .await?;
+    assert_eq!(created, Reply::TopicCreated);
+    let value = vec![7u8; 1000];
+    let values: Vec<&[u8]> = vec![&value; 4];
+    let mut answers = Vec::new();
+    for b in 0..5u64 {
+        let reply = s
+            .call(10 + b, producer_batch("r", 5, b * 4, &values))
+            .await?;
+        answers.push(batch_results(reply)?);
+    }
+    // Retention compacts the first batches away (polled: the check is internal, bounded).
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let mut ticker = tokio::time::interval(Duration::from_millis(20));
+    for id in 100.. {
+        ticker.tick().await;
+        let Reply::Status(st) = s.call(id, Request::Status).await? else {
+            bail!("status failed");
+        };
+        if st.topics[0].start_offset > Offset(4) {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "retention never ran"
+        );
+    }
+    drop(s);
+    conn.close(0u32.into(), b"");
+    node.shutdown().await;
+
+    // Restarted from the snapshot retention wrote plus the log after it.
+    let node = start().await?;
+    let conn = connect(&node).await?;
+    let mut s = Stream::open(&conn).await?;
+    for (b, answer) in answers.iter().enumerate() {
+        let b = b as u64;
+        let again = batch_results(
+            s.call(b + 1, producer_batch("r", 5, b * 4, &values))
+                .await?,
+        )?;
+        assert_eq!(
+            &again, answer,
+            "batch {b} resent after compaction and restart"
+        );
+    }
+    // The producer goes on where it was; nothing was appended for the resends.
+    let next = batch_results(s.call(50, producer_batch("r", 5, 20, &[b"next"])).await?)?;
+    let last = answers[4][3].map_err(|e| anyhow::anyhow!("{e:?}"))?.0;
+    // The restarted leader's no-op comes first.
+    assert_eq!(next[0].map(|(o, _)| o), Ok(Offset(last.0 + 2)));
     node.shutdown().await;
     Ok(())
 }

@@ -38,6 +38,14 @@ pub fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, EncodeError> {
     Ok(out)
 }
 
+/// Decodes one value from the start of `bytes`, ignoring what follows it: for reading the
+/// leading fields of a longer encoding without decoding (and copying) the rest.
+pub fn decode_prefix<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, DecodeError> {
+    bincode::serde::decode_from_slice::<T, _>(bytes, config())
+        .map(|(value, _)| value)
+        .map_err(|e| DecodeError(e.to_string()))
+}
+
 /// Decodes exactly one value that fills all of `bytes`; trailing bytes are an error.
 pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, DecodeError> {
     let (value, used) = bincode::serde::decode_from_slice::<T, _>(bytes, config())

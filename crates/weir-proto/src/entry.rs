@@ -102,6 +102,23 @@ pub fn entry_timestamp(entry: &[u8]) -> Option<TimestampMs> {
     Some(TimestampMs(u64::from_le_bytes(ts)))
 }
 
+/// The leading fields of the body: what the producer table reads of every message.
+#[derive(Deserialize)]
+struct StoredProducer {
+    producer_id: ProducerId,
+    seq: Seq,
+}
+
+/// The producer id and sequence number of an encoded message, without decoding (or copying)
+/// its key and value. `None` for anything that is not a message of this format.
+pub fn entry_producer(entry: &[u8]) -> Option<(ProducerId, Seq)> {
+    if entry.first() != Some(&ENTRY_FORMAT_VERSION) {
+        return None;
+    }
+    let body: StoredProducer = codec::decode_prefix(entry.get(ENTRY_HEADER_BYTES..)?).ok()?;
+    Some((body.producer_id, body.seq))
+}
+
 pub fn decode_entry(bytes: &[u8]) -> Result<StoredEntry, DecodeError> {
     match bytes.first() {
         Some(&ENTRY_FORMAT_VERSION) => {

@@ -491,11 +491,22 @@ pub enum ErrorCode {
     /// This node does not lead the topic (or the catalog): retry with `ErrorReply::leader`, or
     /// ask any node for `Cluster` if it is `None` (an election is in progress).
     NotLeader,
+    /// A PUT of a producer whose sequence number is not the next one the topic expects from
+    /// it: an earlier PUT of the producer is missing (still on its way, or failed), or the
+    /// topic does not know the producer (its state expired) and the PUT does not start at 0.
+    /// Nothing was written; resending in order (the earlier PUTs first) succeeds.
+    OutOfOrderSequence,
+    /// A PUT of a producer was committed already, so it is not appended again, but its offset
+    /// is no longer remembered (only the producer's most recent PUTs are).
+    DuplicateSequence,
 }
 
 impl ErrorCode {
     pub fn is_retryable(self) -> bool {
-        matches!(self, Self::Busy | Self::Unavailable | Self::NotLeader)
+        matches!(
+            self,
+            Self::Busy | Self::Unavailable | Self::NotLeader | Self::OutOfOrderSequence
+        )
     }
 }
 
@@ -513,6 +524,8 @@ impl fmt::Display for ErrorCode {
             Self::Busy => "busy",
             Self::Internal => "internal error",
             Self::NotLeader => "not leader",
+            Self::OutOfOrderSequence => "out of order sequence",
+            Self::DuplicateSequence => "duplicate sequence",
         };
         f.write_str(s)
     }

@@ -303,6 +303,22 @@ impl<S: LogStore> Raft<S> {
         self.commit
     }
 
+    /// Highest index the driver reported applied (`handle_applied`).
+    pub fn applied_index(&self) -> LogIndex {
+        self.applied
+    }
+
+    /// Leader only: the index of this term's first entry (its no-op). Once the driver has
+    /// applied it, every entry of an earlier term this leader will ever commit is applied, so a
+    /// state machine check of a proposal against applied state (plus the leader's own pending
+    /// proposals) is complete.
+    pub fn term_start(&self) -> Option<LogIndex> {
+        self.leader_state
+            .as_ref()
+            .filter(|_| self.role == Role::Leader)
+            .map(|ls| ls.term_start)
+    }
+
     /// The configuration in effect (latest Membership entry in the log, committed or not).
     pub fn membership(&self) -> &Membership {
         self.config_log
