@@ -91,15 +91,12 @@ pub(crate) struct Inner {
     /// unknown) look again at once.
     leader_learned: watch::Sender<u64>,
     in_flight: Arc<Semaphore>,
-    pub(crate) producer_id: ProducerId,
-    seq: Arc<AtomicU64>,
 }
 
 impl std::fmt::Debug for Inner {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Client")
             .field("addrs", &self.config.addrs)
-            .field("producer_id", &self.producer_id)
             .finish_non_exhaustive()
     }
 }
@@ -172,8 +169,6 @@ impl Client {
             endpoints: Mutex::new(Endpoints::default()),
             routes: Mutex::new(RouteTable::default()),
             leader_learned: watch::Sender::new(0),
-            producer_id: new_producer_id(),
-            seq: Arc::new(AtomicU64::new(0)),
         });
         inner.session().await?;
         Ok(Self { inner })
@@ -182,11 +177,6 @@ impl Client {
     /// The configuration this client was made with.
     pub fn config(&self) -> &ClientConfig {
         &self.inner.config
-    }
-
-    /// The producer id this client stamps on its PUTs.
-    pub fn producer_id(&self) -> ProducerId {
-        self.inner.producer_id
     }
 
     /// Creates a topic. [`ClientError::AlreadyExists`] if it exists,
@@ -832,14 +822,7 @@ impl Inner {
                     inner.node_lost(addr);
                 }
             });
-            Session::start(
-                conn,
-                self.seq.clone(),
-                &config.client_name,
-                config.request_timeout,
-                on_lost,
-            )
-            .await
+            Session::start(conn, &config.client_name, config.request_timeout, on_lost).await
         };
         let result = match tokio::time::timeout(config.connect_timeout, attempt).await {
             Ok(result) => result,
@@ -1145,7 +1128,8 @@ impl Inner {
         }
     }
 
-    /// Builds a PUT after the client-side checks. `seq` is stamped by the writer.
+    /// Builds a lone PUT after the client-side checks: anonymous (producer 0), so the node
+    /// does not de-duplicate it (a [`Producer`]'s PUTs are).
     pub(crate) fn put_request(
         &self,
         topic: &str,
@@ -1157,7 +1141,7 @@ impl Inner {
             topic: topic.to_owned(),
             key: key.map(<[u8]>::to_vec),
             value,
-            producer_id: self.producer_id,
+            producer_id: ProducerId(0),
             seq: Seq(0),
         }))
     }

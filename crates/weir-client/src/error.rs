@@ -39,6 +39,15 @@ pub enum ClientError {
     /// on, so sending it again is safe.
     #[error("not leader: {0}")]
     NotLeader(String),
+    /// A producer's PUT whose sequence number is not the next one the topic expects: an
+    /// earlier PUT of the producer is missing (on its way, or failed), or the topic forgot the
+    /// producer (idle too long). Nothing was written.
+    #[error("out of order sequence: {0}")]
+    OutOfOrderSequence(String),
+    /// A producer's PUT that the topic committed before (a resend), whose offset it no longer
+    /// remembers: it is in the log once, but where is not known.
+    #[error("duplicate sequence: {0}")]
+    DuplicateSequence(String),
     /// No reply within the request timeout. A PUT that timed out may still have been committed.
     #[error("no reply from the node within {0:?}")]
     Timeout(Duration),
@@ -83,6 +92,8 @@ impl ClientError {
             Self::Unavailable(_) => Some(ErrorCode::Unavailable),
             Self::Busy(_) => Some(ErrorCode::Busy),
             Self::NotLeader(_) => Some(ErrorCode::NotLeader),
+            Self::OutOfOrderSequence(_) => Some(ErrorCode::OutOfOrderSequence),
+            Self::DuplicateSequence(_) => Some(ErrorCode::DuplicateSequence),
             Self::Server { code, .. } => Some(*code),
             Self::Timeout(_)
             | Self::ConnectionLost(_)
@@ -97,8 +108,9 @@ impl ClientError {
     /// `Timeout` or `ConnectionLost` (the reply was lost), `Unavailable` (the topic's log failed
     /// or its group stopped while the PUT was pending) or an internal error may or may not be
     /// in the log. Every other error means it was not acted on (`NotLeader`, `Busy`, `Connect`,
-    /// validation errors), so sending it again cannot write it twice. Until exactly-once
-    /// producers land, resending a PUT whose outcome is unknown may write it twice.
+    /// validation errors), so sending it again cannot write it twice. A [`crate::Producer`]
+    /// resends its own PUTs, which the node de-duplicates; resending a lone
+    /// [`crate::Client::put`] whose outcome is unknown may write it twice.
     pub fn outcome_unknown(&self) -> bool {
         match self {
             Self::Timeout(_) | Self::ConnectionLost(_) | Self::Unavailable(_) => true,
@@ -107,13 +119,15 @@ impl ClientError {
         }
     }
 
-    /// Whether sending the same request again later may succeed. For a PUT, retrying after
-    /// `Timeout` or `ConnectionLost` may write the message twice (exactly-once is not built yet).
+    /// Whether sending the same request again later may succeed. For a lone
+    /// [`crate::Client::put`] (not de-duplicated), retrying after `Timeout` or `ConnectionLost`
+    /// may write the message twice: use a [`crate::Producer`] for exactly-once.
     pub fn is_retryable(&self) -> bool {
         match self {
             Self::Unavailable(_)
             | Self::Busy(_)
             | Self::NotLeader(_)
+            | Self::OutOfOrderSequence(_)
             | Self::Timeout(_)
             | Self::ConnectionLost(_)
             | Self::Connect(_) => true,
@@ -123,6 +137,7 @@ impl ClientError {
             | Self::TooLarge(_)
             | Self::InvalidArgument(_)
             | Self::OffsetOutOfRange(_)
+            | Self::DuplicateSequence(_)
             | Self::Config(_)
             | Self::Protocol(_)
             | Self::Rejected { .. } => false,
@@ -143,6 +158,8 @@ impl From<ErrorReply> for ClientError {
             ErrorCode::Unavailable => Self::Unavailable(message),
             ErrorCode::Busy => Self::Busy(message),
             ErrorCode::NotLeader => Self::NotLeader(message),
+            ErrorCode::OutOfOrderSequence => Self::OutOfOrderSequence(message),
+            ErrorCode::DuplicateSequence => Self::DuplicateSequence(message),
             ErrorCode::BadRequest | ErrorCode::UnsupportedVersion | ErrorCode::Internal => {
                 Self::Server { code, message }
             }

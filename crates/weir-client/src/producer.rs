@@ -11,9 +11,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, oneshot};
 use weir_proto::limits::PUT_BATCH_MESSAGES_MAX;
-use weir_proto::{
-    Committed, ErrorCode, ProducerId, PutBatch, PutMessage, PutResult, Reply, Request, Seq,
-};
+use weir_proto::{Committed, ProducerId, PutBatch, PutMessage, PutResult, Reply, Request, Seq};
 
 /// Most PUTs a producer sends in one `PutBatch` request.
 pub const PRODUCER_BATCH_MESSAGES_MAX: usize = PUT_BATCH_MESSAGES_MAX;
@@ -42,15 +40,25 @@ const MESSAGE_OVERHEAD_BYTES: usize = 16;
 /// them, so a PUT goes out whether or not its handle is awaited, and also after the producer
 /// is dropped.
 ///
-/// Leader changes: a batch answered "not leader" was not appended, and is resent to the new
-/// leader in the background, as [`crate::LeaderRetryPolicy`] describes, within the request
-/// timeout; its PUTs stay in the window until they finally commit or fail. Resent batches land
-/// after batches sent later that did not need a resend, so **the offsets of one producer's
-/// PUTs follow the send order only while no resend happens** (order-preserving, exactly-once
-/// resends are not built yet). A PUT of a batch that the leader took but lost to a leader
-/// change before it committed fails with [`ClientError::NotLeader`] (it was not committed). A
-/// PUT whose connection broke after it was sent is not resent: its handle fails with
-/// [`ClientError::ConnectionLost`] and the PUT may or may not have been committed.
+/// Exactly-once, in order: the producer has an id, and numbers its PUTs 0, 1, 2, ... as they
+/// are queued. The topic remembers, per producer, the last number it committed and where (a
+/// window of recent batches, kept for a day of inactivity: see the protocol docs), so a resend
+/// of a PUT it committed is answered with the original offset and timestamp, never written
+/// twice, and a PUT whose predecessor is missing is refused (`OutOfOrderSequence`), never
+/// written out of order. That makes resending always safe, and the producer resends in the
+/// background, within the request timeout and [`crate::LeaderRetryPolicy`]: a batch answered
+/// "not leader" (to the new leader), "busy" or "out of order" (after a backoff), and a batch
+/// whose connection was lost while it was in flight (committed or not: the node tells). So the
+/// PUTs of one producer land once each, at offsets in their send order, across leader changes
+/// and reconnects, and each handle sees its PUT committed once or a clear error once the
+/// request timeout has passed.
+///
+/// A PUT that fails for good (its deadline passed, or the node refused it) leaves a hole in
+/// the producer's numbering that nothing fills: the PUTs still queued then go out under a new
+/// producer id, numbered from 0, and order holds again from there. PUTs already sent after the
+/// failed one fail the same way (out of order), unless the failed one turns out to have
+/// committed after all ([`ClientError::Timeout`] and [`ClientError::ConnectionLost`] leave
+/// that unknown).
 ///
 /// ```no_run
 /// # async fn f(client: weir_client::Client) -> Result<(), weir_client::ClientError> {
@@ -77,8 +85,6 @@ pub struct Producer {
 /// What the producer and its sender task share.
 struct Shared {
     topic: String,
-    /// This producer's own id: with the sequence numbers below, what names each of its PUTs.
-    producer_id: ProducerId,
     /// The topic as the router wants it (cloned per batch without allocating).
     target: Target,
     buffer: Mutex<Buffer>,
@@ -110,6 +116,9 @@ struct Buffer {
     first_seq: Seq,
     /// The sequence number the next queued PUT gets.
     next_seq: Seq,
+    /// The id the queued PUTs go out under: with their sequence numbers, what names each PUT.
+    /// A new one replaces it after a PUT failed for good (see [`Shared::rotate_after_failure`]).
+    producer_id: ProducerId,
 }
 
 /// A queued or sent PUT's handle and window permit (released with its answer).
@@ -127,10 +136,12 @@ impl Producer {
             .unwrap_or(u32::MAX)
             .max(1);
         let shared = Arc::new(Shared {
-            producer_id: new_producer_id(),
             target: Target::Topic(topic.as_str().into()),
             topic: topic.clone(),
-            buffer: Mutex::default(),
+            buffer: Mutex::new(Buffer {
+                producer_id: new_producer_id(),
+                ..Buffer::default()
+            }),
             sending: tokio::sync::Mutex::new(()),
             batches: Arc::new(Semaphore::new(PRODUCER_BATCHES_IN_FLIGHT_MAX)),
             queued: Notify::new(),
@@ -151,11 +162,12 @@ impl Producer {
         &self.topic
     }
 
-    /// This producer's own id. Its PUTs are numbered 0, 1, 2, ... in send order, once, as they
-    /// are queued: a resend carries the same id and numbers (what de-duplication on the node
-    /// will build on).
+    /// The id this producer's next PUTs go out under. Its PUTs are numbered 0, 1, 2, ... in
+    /// send order, once, as they are queued: a resend carries the same id and numbers, which is
+    /// how the node recognizes it. After a PUT failed for good the producer takes a new id
+    /// (numbering again from 0): see [`Producer`].
     pub fn producer_id(&self) -> ProducerId {
-        self.shared.producer_id
+        self.shared.lock().producer_id
     }
 
     /// The most PUTs this producer keeps in flight.
@@ -274,7 +286,7 @@ impl Shared {
     }
 
     /// Sends everything queued, as batches, in order (each waits for a batch slot).
-    async fn send_queued(&self, client: &Client) {
+    async fn send_queued(self: &Arc<Self>, client: &Client) {
         let _sending = self.sending.lock().await;
         loop {
             if self.lock().messages.is_empty() {
@@ -286,47 +298,65 @@ impl Shared {
                 return;
             };
             // Taken after the slot: PUTs queued while waiting join this batch.
-            let (messages, waiting, first_seq) = {
+            let (messages, waiting, producer_id, first_seq) = {
                 let mut buffer = self.lock();
                 buffer.bytes = 0;
                 (
                     std::mem::take(&mut buffer.messages),
                     std::mem::take(&mut buffer.waiting),
+                    buffer.producer_id,
                     buffer.first_seq,
                 )
             };
             if messages.is_empty() {
                 return;
             }
-            self.send_batch(client, messages, waiting, first_seq, slot)
-                .await;
+            let batch = PutBatch {
+                topic: self.topic.clone(),
+                producer_id,
+                first_seq,
+                messages,
+            };
+            self.send_batch(client, batch, waiting, slot).await;
         }
     }
 
     async fn send_batch(
-        &self,
+        self: &Arc<Self>,
         client: &Client,
-        messages: Vec<PutMessage>,
+        batch: PutBatch,
         waiting: Vec<Waiting>,
-        first_seq: Seq,
         slot: OwnedSemaphorePermit,
     ) {
-        let inner = &client.inner;
-        let request = Request::PutBatch(PutBatch {
-            topic: self.topic.clone(),
-            producer_id: self.producer_id,
-            first_seq,
-            messages,
-        });
-        let mut call = RoutedCall::new(inner.clone(), self.target.clone());
+        let mut call = RoutedCall::new(client.inner.clone(), self.target.clone());
         let settle = SettleBatch {
             call: call.clone(),
+            shared: self.clone(),
+            producer_id: batch.producer_id,
             waiting,
             _slot: slot,
         };
+        let request = Request::PutBatch(batch);
         if let Err((e, on_answer)) = call.dispatch_then(request, settle.into_on_answer()).await {
             on_answer((Err(e), None), SocketAddr::from(([0, 0, 0, 0], 0)));
         }
+    }
+
+    /// A PUT that went out under `failed` failed for good: the producer's sequence has a hole
+    /// the node will never fill, so every later PUT under that id would be refused as out of
+    /// order. The PUTs still queued go out under a new id, numbered from 0 (batches already
+    /// taken keep theirs: they commit if the failed PUT turns out to have committed after all,
+    /// or fail the same way).
+    fn rotate_after_failure(&self, failed: ProducerId) {
+        let mut buffer = self.lock();
+        if buffer.producer_id != failed {
+            return; // Rotated already.
+        }
+        let fresh = new_producer_id();
+        tracing::debug!(topic = %self.topic, old = ?failed, new = ?fresh, "a PUT failed; new producer id");
+        buffer.producer_id = fresh;
+        buffer.first_seq = Seq(0);
+        buffer.next_seq = Seq(buffer.messages.len() as u64);
     }
 }
 
@@ -334,6 +364,9 @@ impl Shared {
 /// batch slot are released with the final answer.
 struct SettleBatch {
     call: RoutedCall,
+    shared: Arc<Shared>,
+    /// The id the batch went out under.
+    producer_id: ProducerId,
     waiting: Vec<Waiting>,
     _slot: OwnedSemaphorePermit,
 }
@@ -348,15 +381,18 @@ impl SettleBatch {
     /// a task of its own does.
     fn answered(self, answer: Answer, answered_by: SocketAddr) {
         let answer = match answer {
-            (Ok(Reply::CommittedBatch(results)), request) => match refused_whole(results) {
-                // Nothing of it was appended (refused as it was proposed): resend it whole, as
-                // a batch refused before proposing would be.
-                Ok(not_leader) => (Ok(Reply::Error(not_leader)), request),
-                Err(results) => {
-                    self.call.inner().set_route(self.call.target(), answered_by);
-                    return self.finish(Ok(Reply::CommittedBatch(results)));
+            (Ok(Reply::CommittedBatch(results)), request) => {
+                match crate::routing::to_resend(results) {
+                    // Some PUTs were not taken, for a reason that passes: resend it whole, as a
+                    // batch refused before proposing would be (the ones that were taken come back
+                    // with their original offsets).
+                    Ok(why) => (Ok(Reply::Error(why)), request),
+                    Err(results) => {
+                        self.call.inner().set_route(self.call.target(), answered_by);
+                        return self.finish(Ok(Reply::CommittedBatch(results)));
+                    }
                 }
-            },
+            }
             answer => answer,
         };
         match tokio::runtime::Handle::try_current() {
@@ -377,11 +413,23 @@ impl SettleBatch {
         let count = self.waiting.len();
         let failure = match result {
             Ok(Reply::CommittedBatch(results)) if results.len() == count => {
-                for (waiting, result) in self.waiting.into_iter().zip(results) {
-                    let result = match result {
+                let mut failed = false;
+                let results: Vec<_> = results
+                    .into_iter()
+                    .map(|result| match result {
                         PutResult::Committed(done) => committed(Reply::Committed(done)),
-                        PutResult::Error(e) => Err(e.into()),
-                    };
+                        PutResult::Error(e) => {
+                            failed = true;
+                            Err(e.into())
+                        }
+                    })
+                    .collect();
+                if failed {
+                    // Before the handles hear of it: a PUT sent after a failed one is awaited
+                    // goes out under the new id.
+                    self.shared.rotate_after_failure(self.producer_id);
+                }
+                for (waiting, result) in self.waiting.into_iter().zip(results) {
                     // The caller may have dropped its handle: fine.
                     let _ = waiting.tx.send(result);
                 }
@@ -394,25 +442,10 @@ impl SettleBatch {
             Ok(other) => unexpected("CommittedBatch", &other),
             Err(e) => e,
         };
+        self.shared.rotate_after_failure(self.producer_id);
         for waiting in self.waiting {
             let _ = waiting.tx.send(Err(failure.clone()));
         }
-    }
-}
-
-/// The first message's error if every message of a batch was refused as not leader (so none
-/// was appended); else the results, untouched.
-fn refused_whole(results: Vec<PutResult>) -> Result<weir_proto::ErrorReply, Vec<PutResult>> {
-    let all_not_leader = !results.is_empty()
-        && results
-            .iter()
-            .all(|r| matches!(r, PutResult::Error(e) if e.code == ErrorCode::NotLeader));
-    if !all_not_leader {
-        return Err(results);
-    }
-    match results.into_iter().next() {
-        Some(PutResult::Error(first)) => Ok(first),
-        _ => unreachable!("checked above: a non-empty batch of errors"),
     }
 }
 

@@ -15,7 +15,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::time::Instant;
-use weir_proto::{ClusterInfo, ErrorCode, ErrorReply, Reply, Request};
+use weir_proto::{ClusterInfo, ErrorCode, ErrorReply, ProducerId, PutResult, Reply, Request};
 
 /// Who must answer a request.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -236,8 +236,49 @@ impl fmt::Debug for RoutedCall {
 enum Resend {
     /// To the leader a node named: at once (up to [`LeaderRetryPolicy::IMMEDIATE_HOPS`]).
     Redirected,
-    /// Anywhere else: after a backoff.
+    /// Anywhere else: after a backoff (ended early if a leader is learned meanwhile).
     Later,
+    /// To the same leader: after a backoff (it was busy, or the producer's earlier PUTs had
+    /// not arrived yet).
+    Backoff,
+}
+
+/// Whether a batch's results call for resending it whole: some PUT was not taken for a reason
+/// that passes (`NotLeader`, `Busy`, `OutOfOrderSequence`: nothing was appended for it) and none
+/// failed for good. `Ok` gives the error to settle it as (a `NotLeader` first: it redirects);
+/// `Err` the results, untouched, as the batch's final answer.
+pub(crate) fn to_resend(results: Vec<PutResult>) -> Result<ErrorReply, Vec<PutResult>> {
+    let errors = || {
+        results.iter().filter_map(|r| match r {
+            PutResult::Error(e) => Some(e),
+            PutResult::Committed(_) => None,
+        })
+    };
+    let passes = |code| {
+        matches!(
+            code,
+            ErrorCode::NotLeader | ErrorCode::Busy | ErrorCode::OutOfOrderSequence
+        )
+    };
+    if errors().any(|e| !passes(e.code)) {
+        return Err(results);
+    }
+    // The first error, or the first `NotLeader` if there is one.
+    match errors().min_by_key(|e| e.code != ErrorCode::NotLeader) {
+        Some(why) => Ok(why.clone()),
+        None => Err(results),
+    }
+}
+
+/// Whether `request` may be sent again after its connection was lost with it in flight (it
+/// may have been appended): only a producer's PUTs, which the node de-duplicates by producer
+/// id and sequence number (a resend of one it committed is answered with the original offset).
+fn resend_is_safe(request: &Request) -> bool {
+    match request {
+        Request::PutBatch(batch) => batch.producer_id != ProducerId(0),
+        Request::Put(put) => put.producer_id != ProducerId(0),
+        _ => false,
+    }
 }
 
 impl RoutedCall {
@@ -373,8 +414,13 @@ impl RoutedCall {
     /// resends the request: at once to the leader the node named, or, if it named none, after
     /// a backoff and a `Cluster` refresh. A `NotFound` answer to a PUT is final only once a
     /// `Cluster` refresh also lacks the topic (a node may not have applied a fresh topic yet).
-    /// Every other answer, and every failure after the request was sent (connection lost,
-    /// timeout), is returned as is: such a request is never resent.
+    /// A PUT answered `Busy` or `OutOfOrderSequence` (nothing was appended: the node is
+    /// overloaded or still applying its predecessors' entries, or an earlier PUT of the same
+    /// producer has not arrived yet) is resent after a backoff; so is a batch some of whose
+    /// PUTs were refused that way ([`to_resend`]). A producer's PUTs (not
+    /// anonymous: the node de-duplicates them, see [`resend_is_safe`]) are also resent after
+    /// the connection was lost with them in flight. Every other answer, and every other failure
+    /// (a timeout: the deadline has passed), is returned as is.
     pub(crate) async fn settle_answer(
         &mut self,
         mut answer: Answer,
@@ -382,7 +428,30 @@ impl RoutedCall {
     ) -> Result<Reply, ClientError> {
         loop {
             let (result, request) = answer;
-            let reply = result?;
+            let (reply, request) = match (result, request) {
+                (Ok(reply), request) => (reply, request),
+                (Err(e @ ClientError::ConnectionLost(_)), Some(request))
+                    if resend_is_safe(&request) =>
+                {
+                    tracing::debug!(
+                        target = %self.target, node = %answered_by, error = %e,
+                        "connection lost with a producer's PUTs in flight; resending"
+                    );
+                    self.inner.forget_route(&self.target, answered_by);
+                    self.wait_before_resend(Resend::Later, e).await?;
+                    answer = self.resend(request, &mut answered_by).await?;
+                    continue;
+                }
+                (Err(e), _) => return Err(e),
+            };
+            // A batch some of whose PUTs were not taken is settled as that refusal: resent.
+            let reply = match reply {
+                Reply::CommittedBatch(results) if request.is_some() => match to_resend(results) {
+                    Ok(why) => Reply::Error(why),
+                    Err(results) => Reply::CommittedBatch(results),
+                },
+                reply => reply,
+            };
             let Reply::Error(err) = &reply else {
                 // Only the leader acts on these requests: remember who did.
                 self.inner.set_route(&self.target, answered_by);
@@ -397,12 +466,34 @@ impl RoutedCall {
                     self.recheck_not_found(err, answered_by).await?;
                     request
                 }
+                (
+                    ErrorCode::Busy | ErrorCode::OutOfOrderSequence,
+                    Some(request @ (Request::Put(_) | Request::PutBatch(_))),
+                ) => {
+                    tracing::debug!(
+                        target = %self.target, node = %answered_by, code = ?err.code,
+                        message = %err.message, "PUT not taken; resending after a backoff"
+                    );
+                    self.wait_before_resend(Resend::Backoff, err.clone().into())
+                        .await?;
+                    request
+                }
                 _ => return Ok(reply),
             };
-            let pending = self.dispatch(request).await?;
-            answered_by = pending.remote();
-            answer = pending.wait_keeping().await;
+            answer = self.resend(request, &mut answered_by).await?;
         }
+    }
+
+    /// Dispatches `request` again and waits for its answer; `answered_by` becomes the node it
+    /// went to.
+    async fn resend(
+        &mut self,
+        request: Request,
+        answered_by: &mut SocketAddr,
+    ) -> Result<Answer, ClientError> {
+        let pending = self.dispatch(request).await?;
+        *answered_by = pending.remote();
+        Ok(pending.wait_keeping().await)
     }
 
     /// The client this call goes through.
@@ -518,7 +609,7 @@ impl RoutedCall {
                     .wait_for_leader(&self.target, Instant::now() + delay)
                     .await;
             }
-            Resend::Redirected => tokio::time::sleep(delay).await,
+            Resend::Redirected | Resend::Backoff => tokio::time::sleep(delay).await,
         }
         Ok(())
     }

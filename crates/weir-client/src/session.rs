@@ -19,7 +19,7 @@ use tokio::sync::{Notify, OwnedSemaphorePermit, mpsc, oneshot};
 use tokio::time::Instant;
 use weir_proto::limits::FRAME_BYTES_MAX;
 use weir_proto::{
-    ClientFrame, FrameDecoder, PROTOCOL_VERSION, Reply, Request, RequestId, Seq, ServerFrame,
+    ClientFrame, FrameDecoder, PROTOCOL_VERSION, Reply, Request, RequestId, ServerFrame,
     encode_frame,
 };
 
@@ -418,7 +418,6 @@ impl Session {
     /// called if the node or the network ends the session.
     pub(crate) async fn start(
         conn: quinn::Connection,
-        seq: Arc<AtomicU64>,
         client_name: &str,
         request_timeout: Duration,
         on_lost: OnLost,
@@ -434,7 +433,7 @@ impl Session {
             on_lost,
         });
         let (queue, rx) = mpsc::channel(WRITE_QUEUE);
-        tokio::spawn(write_loop(send, rx, waiters.clone(), failer.clone(), seq));
+        tokio::spawn(write_loop(send, rx, waiters.clone(), failer.clone()));
         tokio::spawn(read_loop(recv, waiters.clone(), failer));
         tokio::spawn(expire_loop(waiters.clone()));
         let session = Arc::new(Self {
@@ -633,14 +632,12 @@ async fn expire_loop(waiters: Arc<Waiters>) {
 }
 
 /// Drains the queue: every frame that is queued when the writer wakes up goes into one buffer
-/// and one `write_all` (up to [`COALESCE_BYTES`]). PUTs get their `seq` here, so sequence
-/// numbers follow the order on the wire.
+/// and one `write_all` (up to [`COALESCE_BYTES`]).
 async fn write_loop(
     mut send: quinn::SendStream,
     mut rx: mpsc::Receiver<Outgoing>,
     waiters: Arc<Waiters>,
     failer: Arc<Failer>,
-    seq: Arc<AtomicU64>,
 ) {
     let mut buf = Vec::new();
     let mut kept = Vec::new();
@@ -648,18 +645,7 @@ async fn write_loop(
     while let Some(first) = rx.recv().await {
         buf.clear();
         let mut next = Some(first);
-        while let Some(Outgoing {
-            id,
-            mut request,
-            keep,
-        }) = next.take()
-        {
-            // A lone PUT is numbered here, in wire order, under the client's producer id; a
-            // producer's batch carries its own id and the numbers it gave its PUTs when they
-            // were queued, which a resend keeps.
-            if let Request::Put(put) = &mut request {
-                put.seq = Seq(seq.fetch_add(1, Ordering::Relaxed));
-            }
+        while let Some(Outgoing { id, request, keep }) = next.take() {
             let frame = ClientFrame { id, request };
             if let Err(e) = encode_frame(&frame, &mut buf) {
                 waiters.complete(id, Err(ClientError::Protocol(format!("cannot send: {e}"))));
@@ -805,7 +791,7 @@ mod tests {
             key: None,
             value: Vec::new(),
             producer_id: weir_proto::ProducerId(1),
-            seq: Seq(0),
+            seq: weir_proto::Seq(0),
         })
     }
 
