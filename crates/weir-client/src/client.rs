@@ -316,9 +316,11 @@ impl Client {
     /// if no leader answers in time. A `NotFound` answer is returned only once the cluster also
     /// lacks the topic (a node may not have applied a brand-new topic yet).
     ///
-    /// A PUT whose connection broke after it was sent is **not** resent: its outcome is unknown
-    /// and it fails with [`ClientError::ConnectionLost`] (or [`ClientError::Timeout`]); sending
-    /// it again may store the message twice.
+    /// A lone PUT is anonymous (producer 0: the node does not de-duplicate it). One whose
+    /// connection broke after it was sent is **not** resent: its outcome is unknown and it
+    /// fails with [`ClientError::ConnectionLost`] (or [`ClientError::Timeout`]); sending it
+    /// again may store the message twice. For exactly-once PUTs that survive reconnects, use a
+    /// [`Client::producer`], which resends and lets the node de-duplicate.
     ///
     /// Calls from concurrent tasks are pipelined; for many PUTs from one task use
     /// [`Client::producer`].
