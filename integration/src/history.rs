@@ -16,8 +16,9 @@ pub struct History {
     acked: HashMap<Vec<u8>, Offset>,
 }
 
-/// Anomalies found by [`History::check`]; every counter must be 0 in a correct run except
-/// `unacked_present` and `unacked_absent`, which are the two allowed outcomes of a PUT whose
+/// Anomalies found by [`History::check`]; every counter must be 0 in a correct run of
+/// exactly-once producers ([`Verdict::is_exactly_once`]). With anonymous PUTs,
+/// `unacked_present` and `unacked_absent` are the two allowed outcomes of a PUT whose
 /// acknowledgement was lost (a connection broke, a leader died).
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Verdict {
@@ -39,15 +40,24 @@ pub struct Verdict {
 }
 
 impl Verdict {
-    /// No loss, no duplicate, no phantom, no misplaced or disordered offset. (Per-producer
-    /// reordering is reported separately: resends after `NotLeader` may reorder until
-    /// exactly-once producers land.)
+    /// No loss, no duplicate, no phantom, no misplaced or disordered offset: what any client's
+    /// PUTs get, a lone anonymous `put` included.
     pub fn is_safe(&self) -> bool {
         self.lost == 0
             && self.moved == 0
             && self.duplicated == 0
             && self.phantom == 0
             && self.out_of_order_offsets == 0
+    }
+
+    /// [`Verdict::is_safe`], and what exactly-once producers add: every PUT sent was
+    /// acknowledged (none failed, so none has an unknown outcome), and each producer's PUTs are
+    /// in the log in the order it sent them.
+    pub fn is_exactly_once(&self) -> bool {
+        self.is_safe()
+            && self.reordered == 0
+            && self.unacked_present == 0
+            && self.unacked_absent == 0
     }
 }
 
@@ -162,9 +172,12 @@ mod tests {
             log.push((Offset(s + 1), val(0, s)));
         }
         let v = h.check(&log);
-        assert!(v.is_safe(), "{v}");
+        assert!(v.is_exactly_once(), "{v}");
         assert_eq!(v.entries, 5);
-        assert_eq!(v.reordered, 0);
+        // One PUT not acknowledged: still safe, no longer exactly-once.
+        h.sent(0, 5, val(0, 5));
+        let v = h.check(&log);
+        assert!(v.is_safe() && !v.is_exactly_once(), "{v}");
     }
 
     #[test]
@@ -196,5 +209,6 @@ mod tests {
         );
         assert_eq!(v.unacked_absent, 1);
         assert!(!v.is_safe());
+        assert!(!v.is_exactly_once());
     }
 }

@@ -165,6 +165,9 @@ pub struct FaultSettings {
     pub block_upstream_to_client: bool,
     /// Client source addresses cut off in both directions, see [`Faults::block_client`].
     pub blocked_clients: BTreeSet<SocketAddr>,
+    /// If set, only these source addresses pass (both directions), see
+    /// [`Faults::only_clients`].
+    pub only_clients: Option<BTreeSet<SocketAddr>>,
 }
 
 /// Run-time control of a proxy's faults; cheap to clone, every clone controls the same proxy.
@@ -239,6 +242,12 @@ impl Faults {
         } else {
             state.settings.blocked_clients.remove(&client);
         }
+    }
+
+    /// `Some(sources)` cuts off every client but `sources` (e.g. the nodes' `--listen`
+    /// addresses, so peers keep talking while client applications are cut off); `None` lifts it.
+    pub fn only_clients(&self, sources: Option<&[SocketAddr]>) {
+        self.lock().settings.only_clients = sources.map(|s| s.iter().copied().collect());
     }
 
     /// Heals every fault: no loss, duplication, delay, jitter or block. The random generators
@@ -419,7 +428,10 @@ impl FaultState {
         let blocked = match dir {
             Direction::ClientToUpstream => s.block_client_to_upstream,
             Direction::UpstreamToClient => s.block_upstream_to_client,
-        } || s.blocked_clients.contains(&client);
+        } || s.blocked_clients.contains(&client)
+            || s.only_clients
+                .as_ref()
+                .is_some_and(|only| !only.contains(&client));
         let rng = &mut self.rng[dir as usize];
         if blocked || rng.chance(s.drop_probability) {
             return Decision::Drop;
@@ -1091,6 +1103,40 @@ mod tests {
         link.client_sends(b"after c2u").await;
         link.upstream_sends(b"after u2c").await;
         // Had anything leaked through the block, it would arrive first.
+        assert_eq!(link.upstream_receives().await, b"after c2u");
+        assert_eq!(link.client_receives().await, b"after u2c");
+    }
+
+    #[tokio::test]
+    async fn only_the_listed_clients_pass_and_lifting_it_lets_everyone_back() {
+        let link = link().await;
+        let other = socket().await;
+        other.send_to(b"b0", link.proxy.local_addr()).await.unwrap();
+        let (data, other_side) = recv(&link.upstream).await;
+        assert_eq!(data, b"b0");
+
+        let kept = [other.local_addr().unwrap()];
+        link.proxy.faults().only_clients(Some(&kept));
+        link.client_sends(b"lost c2u").await;
+        link.upstream_sends(b"lost u2c").await;
+        wait(&link.proxy, |s| {
+            s.client_to_upstream.dropped == 1 && s.upstream_to_client.dropped == 1
+        })
+        .await;
+        other.send_to(b"b1", link.proxy.local_addr()).await.unwrap();
+        assert_eq!(
+            recv(&link.upstream).await.0,
+            b"b1",
+            "the listed client passes"
+        );
+        link.upstream.send_to(b"to b", other_side).await.unwrap();
+        assert_eq!(recv(&other).await.0, b"to b", "replies to it too");
+
+        link.proxy.faults().only_clients(None);
+        assert_eq!(link.proxy.faults().settings(), FaultSettings::default());
+        link.client_sends(b"after c2u").await;
+        link.upstream_sends(b"after u2c").await;
+        // Had anything leaked through the cut, it would arrive first.
         assert_eq!(link.upstream_receives().await, b"after c2u");
         assert_eq!(link.client_receives().await, b"after u2c");
     }

@@ -266,3 +266,65 @@ pub async fn identical_replicas(
     }
     Ok(first)
 }
+
+/// What a [`Follower`] saw: (offset, value) per message, in order.
+type Seen = Vec<(Offset, Vec<u8>)>;
+
+/// A listener following a topic from the start on its own task, through failovers and
+/// reconnects, until it is told where the log ends ([`Follower::check`]).
+#[derive(Debug)]
+pub struct Follower {
+    end_tx: tokio::sync::watch::Sender<Option<Offset>>,
+    task: tokio::task::JoinHandle<Result<Seen>>,
+}
+
+/// Starts a [`Follower`] of `topic` on `client` (closed when it is done).
+pub async fn follow(client: Client, topic: &str) -> Result<Follower> {
+    let (end_tx, mut end_rx) = tokio::sync::watch::channel(None::<Offset>);
+    let mut listener = client.listen(topic, ListenFrom::Start).await?;
+    let task = tokio::spawn(async move {
+        let mut seen: Seen = Vec::new();
+        loop {
+            let end = *end_rx.borrow_and_update();
+            if let (Some(end), Some((last, _))) = (end, seen.last())
+                && *last >= end
+            {
+                drop(listener);
+                client.close().await;
+                return anyhow::Ok(seen);
+            }
+            tokio::select! {
+                event = listener.next() => {
+                    let event = event.context("the listener ended")??;
+                    seen.push((event.offset, event.value));
+                }
+                changed = end_rx.changed() => changed?,
+            }
+        }
+    });
+    Ok(Follower { end_tx, task })
+}
+
+impl Follower {
+    /// Tells the follower the log ends at `until` and checks what it saw against the
+    /// replicas' `log`: every committed message once, in offset order (no gap across its
+    /// reconnects, no repeat).
+    pub async fn check(self, until: Offset, log: &[(Offset, Vec<u8>)]) -> Result<()> {
+        self.end_tx.send_replace(Some(until));
+        let followed = tokio::time::timeout(SETTLE_TIMEOUT, self.task)
+            .await
+            .context("the listener did not reach the end of the log")???;
+        if followed.len() != log.len() {
+            bail!(
+                "the listener saw {} messages, the replicas hold {}",
+                followed.len(),
+                log.len()
+            );
+        }
+        if followed != log {
+            let at = followed.iter().zip(log).position(|(a, b)| a != b);
+            bail!("the listener's view differs from the log at entry {at:?}");
+        }
+        Ok(())
+    }
+}

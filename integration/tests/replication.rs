@@ -72,7 +72,8 @@ async fn leader_kills_lose_nothing(rounds: usize, acks_per_round: u64) -> Result
         history.sent_count(),
         failovers
     );
-    if !verdict.is_safe() {
+    // Exactly-once: every PUT acknowledged, once, in its producer's order.
+    if !verdict.is_exactly_once() {
         bail!("history check failed: {verdict}");
     }
     admin.close().await;
