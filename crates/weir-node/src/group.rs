@@ -147,7 +147,8 @@ pub enum ProposalError {
     #[error("refused by the producer check: {0:?}")]
     Producer(Verdict),
     /// This node leads, but has not applied its term's first entry yet, so it cannot check a
-    /// PUT against its producers' state: retry shortly.
+    /// PUT against its producers' state, and [`PROPOSALS_PENDING_MAX`] proposals already wait
+    /// for that: retry shortly.
     #[error("the leader is still applying its predecessors' entries")]
     NotReady,
 }
@@ -391,6 +392,7 @@ impl GroupHandle {
             fsync: config.fsync,
             retention: config.retention,
             producers: config.producers,
+            parked: Vec::new(),
             last_retention: Instant::now(),
             last_sync: Instant::now(),
             unsynced: false,
@@ -576,6 +578,12 @@ struct Runner {
     fsync: FsyncPolicy,
     retention: Option<Retention>,
     producers: Option<ProducerAdmission>,
+    /// With a producer check: proposals a new leader took before its term-start entry was
+    /// applied, proposed (checked) once it is, answered as not leader if it loses leadership
+    /// first. At most [`PROPOSALS_PENDING_MAX`]; it is empty again within a round trip of a
+    /// working leader, which commits its term start at once (CheckQuorum deposes one that
+    /// cannot).
+    parked: Vec<(Vec<u8>, ReplyOnce)>,
     last_retention: Instant,
     last_sync: Instant,
     /// Entries were reported persisted without an fsync (`Interval`/`Never`).
@@ -623,6 +631,7 @@ impl Runner {
                 taken += 1;
             }
             self.maybe_timeout();
+            self.unpark();
             self.finish_round();
             self.maybe_apply_retention();
         }
@@ -780,8 +789,14 @@ impl Runner {
         let mut check = match &mut self.producers {
             Some(admission) if leader => {
                 if !ready {
-                    for (_, reply) in batch {
-                        reply.send(Err(ProposalError::NotReady));
+                    // Held until the leader can check them (see `parked`).
+                    let room = PROPOSALS_PENDING_MAX.saturating_sub(self.parked.len());
+                    for (i, proposal) in batch.into_iter().enumerate() {
+                        if i < room {
+                            self.parked.push(proposal);
+                        } else {
+                            proposal.1.send(Err(ProposalError::NotReady));
+                        }
                     }
                     return;
                 }
@@ -843,6 +858,24 @@ impl Runner {
             self.proposed(result, timestamp_ms, reply);
         }
         self.drain();
+    }
+
+    /// Proposes the parked proposals once the leader has applied its term start, or once it
+    /// no longer leads (then the core refuses them as not leader).
+    fn unpark(&mut self) {
+        if self.parked.is_empty() {
+            return;
+        }
+        let leads = self.raft.role() == Role::Leader;
+        let ready = self
+            .raft
+            .term_start()
+            .is_some_and(|start| self.raft.applied_index() >= start);
+        if leads && !ready && self.failure.is_none() {
+            return;
+        }
+        let parked = std::mem::take(&mut self.parked);
+        self.propose_batch(parked);
     }
 
     fn maybe_timeout(&mut self) {

@@ -20,8 +20,9 @@
 //!   reordered). A producer the table does not know must start at 0.
 //!
 //! The check is complete only once everything older than the leader's term is applied: the
-//! group does not ask it (and answers `Busy`) until the leader's own term-start entry is
-//! applied, so a PUT that a previous leader appended is always in the table by then.
+//! group does not ask it until the leader's own term-start entry is applied (it holds the PUTs
+//! that arrive meanwhile), so a PUT that a previous leader appended is always in the table by
+//! then.
 //!
 //! Bounds, all in log time (leader timestamps, so every replica expires the same producers at
 //! the same entry): a producer not heard of for [`PRODUCER_IDLE_EXPIRY_MS`] is forgotten, and

@@ -843,7 +843,7 @@ pub(crate) fn proposal_error(
         ProposalError::NotReady => ErrorReply::new(
             ErrorCode::Busy,
             format!(
-                "the new leader of {what:?} is still applying its predecessors' entries; retry shortly (nothing was written)"
+                "the new leader of {what:?} is still applying its predecessors' entries and holds as many PUTs as it can until then; retry shortly (nothing was written)"
             ),
         ),
         ProposalError::Producer(verdict) => producer_error(what, verdict),
