@@ -177,6 +177,38 @@ async fn producer_with_window_64_commits_2000_puts_filling_offsets_1_to_n_in_sen
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_put_the_node_refuses_for_good_does_not_block_the_producers_later_puts() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let mut config = NodeConfig::new(dir.path());
+    config.listen = "127.0.0.1:0".parse()?;
+    // Below the protocol's hard limit, so only the node can refuse a bigger value.
+    config.max_message_bytes = 1000;
+    let node = Node::start(config).await?;
+    let client = connect(&node).await?;
+    client.create_topic("t", TopicConfig::default()).await?;
+
+    let mut producer = client.producer("t", 8)?;
+    let first_id = producer.producer_id();
+    let a = timeout(producer.send(None, "a").await?).await??;
+    let big = producer.send(None, vec![0u8; 2000]).await?;
+    match timeout(big).await? {
+        Err(ClientError::TooLarge(_)) => {}
+        other => bail!("expected TooLarge, got {other:?}"),
+    }
+    // Its sequence number will never commit: the producer goes on under a new id, so the next
+    // PUT is not refused as out of order (waiting forever for the one that failed).
+    assert_ne!(producer.producer_id(), first_id);
+    let c = timeout(producer.send(None, "c").await?).await??;
+    assert_eq!(
+        c.offset.get(),
+        a.offset.get() + 1,
+        "nothing written for the refused PUT"
+    );
+    node.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_tasks_on_one_cloned_client_get_distinct_offsets_filling_1_to_n() -> Result<()> {
     let dir = tempfile::tempdir()?;
     let node = start_node(dir.path()).await?;
