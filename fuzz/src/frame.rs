@@ -357,6 +357,8 @@ pub fn server_frame(input: &mut Input) -> ServerFrame {
         0 => Reply::Hello {
             protocol_version: input.u8(),
             server_version: input.string(),
+            max_message_bytes: input.u64(),
+            max_key_bytes: input.u64(),
         },
         1 => Reply::TopicCreated,
         2 => Reply::TopicDeleted,

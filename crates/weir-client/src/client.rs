@@ -4,7 +4,7 @@ use crate::config::quinn_client_config;
 use crate::listener::Listener;
 use crate::producer::Producer;
 use crate::routing::{ClusterView, RouteTable, RoutedCall, Target, resolve_node_addr};
-use crate::session::{PendingReply, PutWatch, Session, unexpected};
+use crate::session::{PendingReply, PutLimits, PutWatch, Session, unexpected};
 use crate::{ClientConfig, ClientError};
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -91,6 +91,9 @@ pub(crate) struct Inner {
     /// unknown) look again at once.
     leader_learned: watch::Sender<u64>,
     in_flight: Arc<Semaphore>,
+    /// The smallest PUT limits any node announced (the protocol's hard limits until one has):
+    /// what PUTs are checked against before they are sent ([`Inner::check_put`]).
+    put_limits: Mutex<PutLimits>,
 }
 
 impl std::fmt::Debug for Inner {
@@ -160,6 +163,10 @@ impl Client {
         let quinn_config = quinn_client_config(&config)?;
         let inner = Arc::new(Inner {
             in_flight: Arc::new(Semaphore::new(config.max_in_flight)),
+            put_limits: Mutex::new(PutLimits {
+                value_bytes: VALUE_BYTES_MAX,
+                key_bytes: KEY_BYTES_MAX,
+            }),
             config,
             quinn_config,
             current: Mutex::new(None),
@@ -824,7 +831,11 @@ impl Inner {
                     inner.node_lost(addr);
                 }
             });
-            Session::start(conn, &config.client_name, config.request_timeout, on_lost).await
+            let (session, limits) =
+                Session::start(conn, &config.client_name, config.request_timeout, on_lost)
+                    .await?;
+            self.learn_limits(limits);
+            Ok(session)
         };
         let result = match tokio::time::timeout(config.connect_timeout, attempt).await {
             Ok(result) => result,
@@ -1130,6 +1141,40 @@ impl Inner {
         }
     }
 
+    /// Keeps the smaller of each limit a node announced in its `Hello`.
+    fn learn_limits(&self, node: PutLimits) {
+        let mut limits = lock(&self.put_limits);
+        limits.value_bytes = limits.value_bytes.min(node.value_bytes);
+        limits.key_bytes = limits.key_bytes.min(node.key_bytes);
+    }
+
+    /// [`check_put`], then the nodes' own limits: a PUT the node would refuse for its size
+    /// fails here, before it is numbered among a producer's PUTs.
+    pub(crate) fn check_put(
+        &self,
+        topic: &str,
+        key: Option<&[u8]>,
+        value: &[u8],
+    ) -> Result<(), ClientError> {
+        check_put(topic, key, value)?;
+        let limits = *lock(&self.put_limits);
+        let key_bytes = key.map_or(0, <[u8]>::len);
+        if key_bytes > limits.key_bytes {
+            return Err(ClientError::TooLarge(format!(
+                "key of {key_bytes} bytes exceeds the nodes' limit of {} bytes (max_key_bytes)",
+                limits.key_bytes
+            )));
+        }
+        if value.len() > limits.value_bytes {
+            return Err(ClientError::TooLarge(format!(
+                "value of {} bytes exceeds the nodes' limit of {} bytes (max_message_bytes)",
+                value.len(),
+                limits.value_bytes
+            )));
+        }
+        Ok(())
+    }
+
     /// Builds a lone PUT after the client-side checks: anonymous (producer 0), so the node
     /// does not de-duplicate it (a [`Producer`]'s PUTs are).
     pub(crate) fn put_request(
@@ -1138,7 +1183,7 @@ impl Inner {
         key: Option<&[u8]>,
         value: Vec<u8>,
     ) -> Result<Request, ClientError> {
-        check_put(topic, key, &value)?;
+        self.check_put(topic, key, &value)?;
         Ok(Request::Put(Put {
             topic: topic.to_owned(),
             key: key.map(<[u8]>::to_vec),

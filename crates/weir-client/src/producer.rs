@@ -1,6 +1,6 @@
 //! [`Producer`]: pipelined PUTs with a bounded window, sent in batches.
 
-use crate::client::{check_put, committed, new_producer_id};
+use crate::client::{committed, new_producer_id};
 use crate::routing::{RoutedCall, Target};
 use crate::session::{Answer, OnAnswer, unexpected};
 use crate::{Client, ClientError};
@@ -192,7 +192,7 @@ impl Producer {
         value: impl Into<Vec<u8>>,
     ) -> Result<PutHandle, ClientError> {
         let value = value.into();
-        check_put(&self.topic, key, &value)?;
+        self.client.inner.check_put(&self.topic, key, &value)?;
         let timeout = self.client.inner.config.request_timeout;
         let permit = tokio::time::timeout(timeout, self.window.clone().acquire_owned())
             .await

@@ -36,6 +36,13 @@ type ReplyResult = Result<Reply, ClientError>;
 /// keep it, the request as it was sent, so that it can be resent elsewhere without a copy.
 pub(crate) type Answer = (ReplyResult, Option<Request>);
 
+/// A node's limits on one PUT, from its `Hello`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct PutLimits {
+    pub value_bytes: usize,
+    pub key_bytes: usize,
+}
+
 /// Takes the answer to one request and the address of the node it was sent to. Called exactly
 /// once, on the session's reader, writer or expiry task (or whoever fails the session), never
 /// under a lock: it must not block.
@@ -421,7 +428,7 @@ impl Session {
         client_name: &str,
         request_timeout: Duration,
         on_lost: OnLost,
-    ) -> Result<Arc<Self>, ClientError> {
+    ) -> Result<(Arc<Self>, PutLimits), ClientError> {
         let (send, recv) = conn
             .open_bi()
             .await
@@ -456,14 +463,22 @@ impl Session {
             Reply::Hello {
                 protocol_version,
                 server_version,
+                max_message_bytes,
+                max_key_bytes,
             } => {
                 tracing::debug!(
                     remote = %session.conn.remote_address(),
                     protocol_version,
                     %server_version,
+                    max_message_bytes,
+                    max_key_bytes,
                     "connected"
                 );
-                Ok(session)
+                let limits = PutLimits {
+                    value_bytes: usize::try_from(max_message_bytes).unwrap_or(usize::MAX),
+                    key_bytes: usize::try_from(max_key_bytes).unwrap_or(usize::MAX),
+                };
+                Ok((session, limits))
             }
             Reply::Error(e) => Err(e.into()),
             other => Err(unexpected("Hello", &other)),

@@ -177,33 +177,54 @@ async fn producer_with_window_64_commits_2000_puts_filling_offsets_1_to_n_in_sen
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_put_the_node_refuses_for_good_does_not_block_the_producers_later_puts() -> Result<()> {
+async fn a_value_above_the_nodes_limit_fails_before_it_is_sent_and_numbered() -> Result<()> {
     let dir = tempfile::tempdir()?;
     let mut config = NodeConfig::new(dir.path());
     config.listen = "127.0.0.1:0".parse()?;
-    // Below the protocol's hard limit, so only the node can refuse a bigger value.
+    // Below the protocol's hard limit: only the node's Hello tells the client.
     config.max_message_bytes = 1000;
     let node = Node::start(config).await?;
     let client = connect(&node).await?;
     client.create_topic("t", TopicConfig::default()).await?;
 
     let mut producer = client.producer("t", 8)?;
-    let first_id = producer.producer_id();
     let a = timeout(producer.send(None, "a").await?).await??;
-    let big = producer.send(None, vec![0u8; 2000]).await?;
-    match timeout(big).await? {
-        Err(ClientError::TooLarge(_)) => {}
-        other => bail!("expected TooLarge, got {other:?}"),
+    match producer.send(None, vec![0u8; 1001]).await {
+        Err(ClientError::TooLarge(why)) => assert!(why.contains("1000"), "{why}"),
+        other => bail!("expected TooLarge before sending, got {other:?}"),
     }
-    // Its sequence number will never commit: the producer goes on under a new id, so the next
-    // PUT is not refused as out of order (waiting forever for the one that failed).
+    match client.put("t", None, vec![0u8; 1001]).await {
+        Err(ClientError::TooLarge(_)) => {}
+        other => bail!("expected TooLarge before sending, got {other:?}"),
+    }
+    // Not numbered: the next PUT is the producer's next one, and nothing was written.
+    let c = timeout(producer.send(None, vec![0u8; 1000]).await?).await??;
+    assert_eq!(c.offset.get(), a.offset.get() + 1);
+    node.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_put_that_fails_for_good_does_not_block_the_producers_later_puts() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let node = start_node(dir.path()).await?;
+    let client = connect(&node).await?;
+    client.create_topic("t", TopicConfig::default()).await?;
+
+    let mut producer = client.producer("t", 8)?;
+    let first_id = producer.producer_id();
+    timeout(producer.send(None, "a").await?).await??;
+    client.delete_topic("t").await?;
+    match timeout(producer.send(None, "b").await?).await? {
+        Err(ClientError::NotFound(_)) => {}
+        other => bail!("expected NotFound, got {other:?}"),
+    }
+    // "b" never committed, so its number is a hole: the producer goes on under a new id,
+    // numbering from 0, which the recreated topic (knowing no producer) takes.
     assert_ne!(producer.producer_id(), first_id);
+    client.create_topic("t", TopicConfig::default()).await?;
     let c = timeout(producer.send(None, "c").await?).await??;
-    assert_eq!(
-        c.offset.get(),
-        a.offset.get() + 1,
-        "nothing written for the refused PUT"
-    );
+    assert_eq!(c.offset.get(), 1, "the recreated topic's first message");
     node.shutdown().await;
     Ok(())
 }

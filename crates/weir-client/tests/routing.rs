@@ -187,6 +187,8 @@ async fn serve_stream(
                 Request::Hello { .. } => reply(Reply::Hello {
                     protocol_version: PROTOCOL_VERSION,
                     server_version: "fake".into(),
+                    max_message_bytes: weir_proto::limits::VALUE_BYTES_DEFAULT as u64,
+                    max_key_bytes: weir_proto::limits::KEY_BYTES_DEFAULT as u64,
                 }),
                 other => {
                     log.lock()

@@ -299,6 +299,8 @@ async fn dispatch(
             reply(Reply::Hello {
                 protocol_version: PROTOCOL_VERSION,
                 server_version: env!("CARGO_PKG_VERSION").to_string(),
+                max_message_bytes: ctx.max_message_bytes as u64,
+                max_key_bytes: ctx.max_key_bytes as u64,
             });
         }
         // Admin requests run to completion before the next frame of this stream is read, so a

@@ -203,6 +203,11 @@ pub enum Reply {
     Hello {
         protocol_version: u8,
         server_version: String,
+        /// This node's limits on a PUT's value and key (its `max_message_bytes` and
+        /// `max_key_bytes`): a client checks them before it sends, so that a producer's PUT is
+        /// not refused for its size after later ones were numbered behind it.
+        max_message_bytes: u64,
+        max_key_bytes: u64,
     },
     TopicCreated,
     TopicDeleted,
