@@ -16,7 +16,7 @@ use tokio::time::Instant;
 use weir_proto::limits::{KEY_BYTES_MAX, VALUE_BYTES_MAX};
 use weir_proto::{
     ClusterInfo, Committed, ListenFrom, NodeInfo, NodeStatus, Offset, ProducerId, ProgramInfo,
-    ProgramOutcome, ProgramSpec, Put, Reply, Request, Seq, TopicConfig, TopicInfo, TopicStatus,
+    ProgramOutcome, ProgramSpec, PutMessage, Reply, Request, TopicConfig, TopicInfo, TopicStatus,
     validate_topic_name,
 };
 
@@ -71,6 +71,10 @@ pub struct Client {
 /// another node can be tried.
 pub(crate) const NODE_DOWN_FOR: Duration = Duration::from_secs(1);
 /// Shortest pause between two leader checks of one session.
+/// Topics a client keeps the [`Client::put`] producer of (each holds a producer id, its next
+/// sequence number and an empty buffer when idle: a few hundred bytes).
+pub const LONE_PRODUCERS_MAX: usize = 1024;
+
 const LEADER_RECHECK_MIN: Duration = Duration::from_millis(50);
 
 pub(crate) struct Inner {
@@ -91,6 +95,8 @@ pub(crate) struct Inner {
     /// unknown) look again at once.
     leader_learned: watch::Sender<u64>,
     in_flight: Arc<Semaphore>,
+    /// Per topic, the producer behind [`Client::put`] (at most [`LONE_PRODUCERS_MAX`]).
+    lone: Mutex<HashMap<String, Arc<crate::producer::Shared>>>,
     /// The smallest PUT limits any node announced (the protocol's hard limits until one has):
     /// what PUTs are checked against before they are sent ([`Inner::check_put`]).
     put_limits: Mutex<PutLimits>,
@@ -163,6 +169,7 @@ impl Client {
         let quinn_config = quinn_client_config(&config)?;
         let inner = Arc::new(Inner {
             in_flight: Arc::new(Semaphore::new(config.max_in_flight)),
+            lone: Mutex::new(HashMap::new()),
             put_limits: Mutex::new(PutLimits {
                 value_bytes: VALUE_BYTES_MAX,
                 key_bytes: KEY_BYTES_MAX,
@@ -314,7 +321,8 @@ impl Client {
     }
 
     /// Appends one message to `topic` and waits until it is committed. Keys and values above
-    /// the protocol's hard limits fail with [`ClientError::TooLarge`] before anything is sent.
+    /// the nodes' limits (as their `Hello` announced them; the protocol's hard limits until a
+    /// node has) fail with [`ClientError::TooLarge`] before anything is sent.
     ///
     /// The PUT goes to the topic's leader (or, while the client does not know it, to any node,
     /// which names the leader). A node answering "not leader" did not append the message, so
@@ -323,13 +331,15 @@ impl Client {
     /// if no leader answers in time. A `NotFound` answer is returned only once the cluster also
     /// lacks the topic (a node may not have applied a brand-new topic yet).
     ///
-    /// A lone PUT is anonymous (producer 0: the node does not de-duplicate it). One whose
-    /// connection broke after it was sent is **not** resent: its outcome is unknown and it
-    /// fails with [`ClientError::ConnectionLost`] (or [`ClientError::Timeout`]); sending it
-    /// again may store the message twice. For exactly-once PUTs that survive reconnects, use a
-    /// [`Client::producer`], which resends and lets the node de-duplicate.
+    /// Exactly-once: the client keeps a producer per topic for these PUTs (see [`Producer`]),
+    /// so each carries a producer id and sequence number, and a PUT whose connection broke
+    /// after it was sent, or that a busy or new leader did not take yet, is resent and
+    /// answered once, with its original offset if it had been committed. It fails only once
+    /// the request timeout has passed, or for a reason that resending cannot change.
     ///
-    /// Calls from concurrent tasks are pipelined; for many PUTs from one task use
+    /// Calls from concurrent tasks share that producer: their PUTs go out together, as
+    /// batches, numbered in the order the calls were made. Once a call has queued its PUT the
+    /// PUT goes out even if the call's future is dropped. For many PUTs from one task use
     /// [`Client::producer`].
     ///
     /// ```no_run
@@ -345,9 +355,13 @@ impl Client {
         key: Option<&[u8]>,
         value: impl Into<Vec<u8>>,
     ) -> Result<Committed, ClientError> {
-        let request = self.inner.put_request(topic, key, value.into())?;
-        let call = RoutedCall::new(self.inner.clone(), Target::Topic(topic.into()));
-        committed(call.run(request).await?)
+        let value = value.into();
+        self.inner.check_put(topic, key, &value)?;
+        let put = PutMessage {
+            key: key.map(<[u8]>::to_vec),
+            value,
+        };
+        crate::producer::lone_put(self.inner.lone_producer(topic), self, put).await
     }
 
     /// Upgrades the program of programmable topic `topic` to `program`. The switch is an entry
@@ -832,8 +846,7 @@ impl Inner {
                 }
             });
             let (session, limits) =
-                Session::start(conn, &config.client_name, config.request_timeout, on_lost)
-                    .await?;
+                Session::start(conn, &config.client_name, config.request_timeout, on_lost).await?;
             self.learn_limits(limits);
             Ok(session)
         };
@@ -1141,6 +1154,24 @@ impl Inner {
         }
     }
 
+    /// The producer behind [`Client::put`] for `topic`. Past [`LONE_PRODUCERS_MAX`] topics the
+    /// idle ones are forgotten (a PUT to such a topic starts a new producer, which is safe:
+    /// none of its PUTs is unanswered); if none is idle, `topic` gets one not kept.
+    pub(crate) fn lone_producer(&self, topic: &str) -> Arc<crate::producer::Shared> {
+        let mut lone = lock(&self.lone);
+        if let Some(shared) = lone.get(topic) {
+            return shared.clone();
+        }
+        if lone.len() >= LONE_PRODUCERS_MAX {
+            lone.retain(|_, shared| !shared.is_idle());
+        }
+        let shared = crate::producer::Shared::new(topic);
+        if lone.len() < LONE_PRODUCERS_MAX {
+            lone.insert(topic.to_owned(), shared.clone());
+        }
+        shared
+    }
+
     /// Keeps the smaller of each limit a node announced in its `Hello`.
     fn learn_limits(&self, node: PutLimits) {
         let mut limits = lock(&self.put_limits);
@@ -1173,24 +1204,6 @@ impl Inner {
             )));
         }
         Ok(())
-    }
-
-    /// Builds a lone PUT after the client-side checks: anonymous (producer 0), so the node
-    /// does not de-duplicate it (a [`Producer`]'s PUTs are).
-    pub(crate) fn put_request(
-        &self,
-        topic: &str,
-        key: Option<&[u8]>,
-        value: Vec<u8>,
-    ) -> Result<Request, ClientError> {
-        self.check_put(topic, key, &value)?;
-        Ok(Request::Put(Put {
-            topic: topic.to_owned(),
-            key: key.map(<[u8]>::to_vec),
-            value,
-            producer_id: ProducerId(0),
-            seq: Seq(0),
-        }))
     }
 }
 

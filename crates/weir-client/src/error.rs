@@ -108,9 +108,10 @@ impl ClientError {
     /// `Timeout` or `ConnectionLost` (the reply was lost), `Unavailable` (the topic's log failed
     /// or its group stopped while the PUT was pending) or an internal error may or may not be
     /// in the log. Every other error means it was not acted on (`NotLeader`, `Busy`, `Connect`,
-    /// validation errors), so sending it again cannot write it twice. A [`crate::Producer`]
-    /// resends its own PUTs, which the node de-duplicates; resending a lone
-    /// [`crate::Client::put`] whose outcome is unknown may write it twice.
+    /// validation errors), so sending it again cannot write it twice. The client resends its
+    /// PUTs itself (the node de-duplicates them): a PUT that still fails with an unknown
+    /// outcome has used up its request timeout, and sending the same message again is a new
+    /// PUT, which may store it twice.
     pub fn outcome_unknown(&self) -> bool {
         match self {
             Self::Timeout(_) | Self::ConnectionLost(_) | Self::Unavailable(_) => true,
@@ -119,9 +120,8 @@ impl ClientError {
         }
     }
 
-    /// Whether sending the same request again later may succeed. For a lone
-    /// [`crate::Client::put`] (not de-duplicated), retrying after `Timeout` or `ConnectionLost`
-    /// may write the message twice: use a [`crate::Producer`] for exactly-once.
+    /// Whether sending the same request again later may succeed. For a PUT, retrying after
+    /// `Timeout` or `ConnectionLost` is a new PUT and may write the message twice.
     pub fn is_retryable(&self) -> bool {
         match self {
             Self::Unavailable(_)

@@ -12,17 +12,16 @@
 //! Offsets increase strictly along a topic but may have gaps: some offsets hold Raft's own
 //! entries rather than messages.
 //!
-//! Retries never risk a duplicate. A [`Producer`]'s PUTs carry its producer id and sequence
-//! numbers, which the topic's replicated state de-duplicates: the producer resends them after
-//! "not leader", "busy" and "out of order" answers and after a lost connection, and a resend of
-//! a committed PUT gets its original offset (exactly-once, in send order; see [`Producer`]).
-//! A lone [`Client::put`] is anonymous: only requests the node refused without acting on them
-//! ("not leader", "busy"), or that never left the client, are resent; one whose connection
-//! broke after it was sent fails with [`ClientError::ConnectionLost`], and whether it was
-//! stored is unknown. That includes PUTs waiting on a leader that died or was deposed: once a
-//! PUT has waited [`ClientConfig::leader_check_after`] the client checks its node, and gives up
-//! on that connection if the node no longer answers or no longer leads (see [`Client`] on
-//! failover).
+//! Retries never risk a duplicate. PUTs ([`Producer::send`] and [`Client::put`], which uses a
+//! producer per topic) carry a producer id and sequence numbers, which the topic's replicated
+//! state de-duplicates: the client resends them after "not leader", "busy" and "out of order"
+//! answers and after a lost connection, and a resend of a committed PUT gets its original
+//! offset (exactly-once, in send order; see [`Producer`]). That includes PUTs waiting on a
+//! leader that died or was deposed: once a PUT has waited [`ClientConfig::leader_check_after`]
+//! the client checks its node, and gives up on that connection if the node no longer answers
+//! or no longer leads (see [`Client`] on failover); the PUTs it held go to the new leader.
+//! Other requests are resent only if the node refused them without acting on them ("not
+//! leader"), or they never left the client.
 //!
 //! ```no_run
 //! use weir_client::{Client, ClientConfig, ListenFrom, TopicConfig};

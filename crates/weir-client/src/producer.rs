@@ -82,8 +82,9 @@ pub struct Producer {
     shared: Arc<Shared>,
 }
 
-/// What the producer and its sender task share.
-struct Shared {
+/// What the producer and its sender task share; also, alone, the producer behind
+/// [`Client::put`] for one topic ([`lone_put`]).
+pub(crate) struct Shared {
     topic: String,
     /// The topic as the router wants it (cloned per batch without allocating).
     target: Target,
@@ -96,6 +97,8 @@ struct Shared {
     /// Wakes the sender task: PUTs were queued, or the producer was dropped.
     queued: Notify,
     closed: AtomicBool,
+    /// Lone PUTs: a task is sending the queued ones (see [`Shared::send_scheduled`]).
+    scheduled: AtomicBool,
 }
 
 impl std::fmt::Debug for Shared {
@@ -121,10 +124,56 @@ struct Buffer {
     producer_id: ProducerId,
 }
 
+impl Buffer {
+    /// Queues one PUT, numbered once, as queued: a resend carries the same number.
+    fn push(&mut self, put: PutMessage, waiting: Waiting) {
+        if self.messages.is_empty() {
+            self.first_seq = self.next_seq;
+        }
+        self.next_seq = Seq(self.next_seq.0 + 1);
+        self.bytes += message_bytes(&put);
+        self.messages.push(put);
+        self.waiting.push(waiting);
+    }
+
+    /// Takes the first PUTs queued, as many as one batch holds (at least one): the batch's
+    /// messages, handles, producer id and first sequence number.
+    fn take_batch(&mut self) -> (Vec<PutMessage>, Vec<Waiting>, ProducerId, Seq) {
+        let mut count = 0;
+        let mut bytes = 0;
+        for put in &self.messages {
+            let next = message_bytes(put);
+            if count > 0
+                && (count >= PRODUCER_BATCH_MESSAGES_MAX || bytes + next > PRODUCER_BATCH_BYTES_MAX)
+            {
+                break;
+            }
+            count += 1;
+            bytes += next;
+        }
+        let first_seq = self.first_seq;
+        self.first_seq = Seq(first_seq.0 + count as u64);
+        self.bytes -= bytes;
+        let messages: Vec<PutMessage> = if count == self.messages.len() {
+            std::mem::take(&mut self.messages)
+        } else {
+            self.messages.drain(..count).collect()
+        };
+        let waiting = self.waiting.drain(..count).collect();
+        (messages, waiting, self.producer_id, first_seq)
+    }
+}
+
+/// What one PUT counts for against [`PRODUCER_BATCH_BYTES_MAX`].
+fn message_bytes(put: &PutMessage) -> usize {
+    put.key.as_ref().map_or(0, Vec::len) + put.value.len() + MESSAGE_OVERHEAD_BYTES
+}
+
 /// A queued or sent PUT's handle and window permit (released with its answer).
 struct Waiting {
     tx: oneshot::Sender<Result<Committed, ClientError>>,
-    _permit: OwnedSemaphorePermit,
+    /// A [`Producer`]'s window permit (a lone PUT has none: its caller waits for it).
+    _permit: Option<OwnedSemaphorePermit>,
 }
 
 impl Producer {
@@ -135,18 +184,7 @@ impl Producer {
         let window_size = u32::try_from(window.clamp(1, Semaphore::MAX_PERMITS))
             .unwrap_or(u32::MAX)
             .max(1);
-        let shared = Arc::new(Shared {
-            target: Target::Topic(topic.as_str().into()),
-            topic: topic.clone(),
-            buffer: Mutex::new(Buffer {
-                producer_id: new_producer_id(),
-                ..Buffer::default()
-            }),
-            sending: tokio::sync::Mutex::new(()),
-            batches: Arc::new(Semaphore::new(PRODUCER_BATCHES_IN_FLIGHT_MAX)),
-            queued: Notify::new(),
-            closed: AtomicBool::new(false),
-        });
+        let shared = Shared::new(&topic);
         runtime.spawn(run_sender(shared.clone(), client.clone()));
         Ok(Self {
             client,
@@ -207,7 +245,7 @@ impl Producer {
             },
             Waiting {
                 tx,
-                _permit: permit,
+                _permit: Some(permit),
             },
         );
         loop {
@@ -219,15 +257,7 @@ impl Producer {
                 if full {
                     Some(message)
                 } else {
-                    let (put, waiting) = message;
-                    if buffer.messages.is_empty() {
-                        buffer.first_seq = buffer.next_seq;
-                    }
-                    // Numbered once, as queued: a resend carries the same numbers.
-                    buffer.next_seq = Seq(buffer.next_seq.0 + 1);
-                    buffer.messages.push(put);
-                    buffer.waiting.push(waiting);
-                    buffer.bytes += bytes;
+                    buffer.push(message.0, message.1);
                     None
                 }
             };
@@ -280,6 +310,41 @@ async fn run_sender(shared: Arc<Shared>, client: Client) {
 }
 
 impl Shared {
+    pub(crate) fn new(topic: &str) -> Arc<Self> {
+        Arc::new(Shared {
+            target: Target::Topic(topic.into()),
+            topic: topic.to_owned(),
+            buffer: Mutex::new(Buffer {
+                producer_id: new_producer_id(),
+                ..Buffer::default()
+            }),
+            sending: tokio::sync::Mutex::new(()),
+            batches: Arc::new(Semaphore::new(PRODUCER_BATCHES_IN_FLIGHT_MAX)),
+            queued: Notify::new(),
+            closed: AtomicBool::new(false),
+            scheduled: AtomicBool::new(false),
+        })
+    }
+
+    /// Nothing queued and nothing in flight: forgetting it loses nothing (a later PUT starts
+    /// a new producer).
+    pub(crate) fn is_idle(&self) -> bool {
+        self.lock().messages.is_empty()
+            && self.batches.available_permits() == PRODUCER_BATCHES_IN_FLIGHT_MAX
+    }
+
+    /// Sends the queued lone PUTs until none is left, then ends; a PUT queued as it ends
+    /// schedules it again (`scheduled` is cleared before the last look at the buffer).
+    async fn send_scheduled(self: Arc<Self>, client: Client) {
+        loop {
+            self.send_queued(&client).await;
+            self.scheduled.store(false, Ordering::SeqCst);
+            if self.lock().messages.is_empty() || self.scheduled.swap(true, Ordering::SeqCst) {
+                return;
+            }
+        }
+    }
+
     fn lock(&self) -> MutexGuard<'_, Buffer> {
         // Pushes and takes leave the buffer consistent even if a holder panicked.
         self.buffer.lock().unwrap_or_else(|e| e.into_inner())
@@ -298,16 +363,7 @@ impl Shared {
                 return;
             };
             // Taken after the slot: PUTs queued while waiting join this batch.
-            let (messages, waiting, producer_id, first_seq) = {
-                let mut buffer = self.lock();
-                buffer.bytes = 0;
-                (
-                    std::mem::take(&mut buffer.messages),
-                    std::mem::take(&mut buffer.waiting),
-                    buffer.producer_id,
-                    buffer.first_seq,
-                )
-            };
+            let (messages, waiting, producer_id, first_seq) = self.lock().take_batch();
             if messages.is_empty() {
                 return;
             }
@@ -447,6 +503,23 @@ impl SettleBatch {
             let _ = waiting.tx.send(Err(failure.clone()));
         }
     }
+}
+
+/// [`Client::put`]: one PUT through the topic's lone producer `shared`. Concurrent calls for
+/// one topic share it, so their PUTs are numbered and batched together, exactly-once like a
+/// [`Producer`]'s; a task sends them, so a PUT that was queued goes out even if the caller
+/// stops waiting.
+pub(crate) async fn lone_put(
+    shared: Arc<Shared>,
+    client: &Client,
+    put: PutMessage,
+) -> Result<Committed, ClientError> {
+    let (tx, rx) = oneshot::channel();
+    shared.lock().push(put, Waiting { tx, _permit: None });
+    if !shared.scheduled.swap(true, Ordering::SeqCst) {
+        tokio::spawn(shared.clone().send_scheduled(client.clone()));
+    }
+    PutHandle { rx }.wait().await
 }
 
 /// The outcome of one PUT sent by a [`Producer`]: `.await` it (or call [`PutHandle::wait`]) for

@@ -100,12 +100,31 @@ fn bind(certs: &CertPaths) -> Result<Bound> {
 }
 
 impl Bound {
+    /// Answers by `script`, which sees a batch of one PUT (what `Client::put` sends) as a
+    /// lone `Put`.
     fn serve(self, script: impl Fn(&Request) -> Answer + Send + Sync + 'static) -> FakeNode {
+        self.serve_as(true, script)
+    }
+
+    /// Answers by `script`, which sees every batch as it came (a producer's tests).
+    fn serve_batches(
+        self,
+        script: impl Fn(&Request) -> Answer + Send + Sync + 'static,
+    ) -> FakeNode {
+        self.serve_as(false, script)
+    }
+
+    fn serve_as(
+        self,
+        lone_as_put: bool,
+        script: impl Fn(&Request) -> Answer + Send + Sync + 'static,
+    ) -> FakeNode {
         let log: Log = Arc::default();
         tokio::spawn(accept_loop(
             self.endpoint.clone(),
             Arc::new(script),
             log.clone(),
+            lone_as_put,
         ));
         FakeNode {
             addr: self.addr,
@@ -131,15 +150,27 @@ impl FakeNode {
         self.count(|r| matches!(r, Request::Put(_)))
     }
 
-    /// Messages received in `PutBatch` requests (a producer's).
+    /// Messages received in `PutBatch` requests (a batch of one is logged as a `Put`).
     fn batched_puts(&self) -> usize {
         self.requests()
             .iter()
             .map(|r| match r {
                 Request::PutBatch(b) => b.messages.len(),
+                Request::Put(_) => 1,
                 _ => 0,
             })
             .sum()
+    }
+
+    /// The producer id and sequence number of every lone PUT received, in order.
+    fn put_ids(&self) -> Vec<(weir_proto::ProducerId, weir_proto::Seq)> {
+        self.requests()
+            .iter()
+            .filter_map(|r| match r {
+                Request::Put(p) => Some((p.producer_id, p.seq)),
+                _ => None,
+            })
+            .collect()
     }
 
     fn listens(&self) -> Vec<ListenFrom> {
@@ -153,7 +184,7 @@ impl FakeNode {
     }
 }
 
-async fn accept_loop(endpoint: quinn::Endpoint, script: Script, log: Log) {
+async fn accept_loop(endpoint: quinn::Endpoint, script: Script, log: Log, lone_as_put: bool) {
     while let Some(incoming) = endpoint.accept().await {
         let (script, log) = (script.clone(), log.clone());
         tokio::spawn(async move {
@@ -165,6 +196,7 @@ async fn accept_loop(endpoint: quinn::Endpoint, script: Script, log: Log) {
                     recv,
                     script.clone(),
                     log.clone(),
+                    lone_as_put,
                 ));
             }
         });
@@ -177,6 +209,7 @@ async fn serve_stream(
     mut recv: quinn::RecvStream,
     script: Script,
     log: Log,
+    lone_as_put: bool,
 ) {
     let send = Arc::new(tokio::sync::Mutex::new(send));
     let mut decoder = FrameDecoder::new(FRAME_BYTES_MAX);
@@ -191,10 +224,21 @@ async fn serve_stream(
                     max_key_bytes: weir_proto::limits::KEY_BYTES_DEFAULT as u64,
                 }),
                 other => {
+                    // A lone PUT goes out as a batch of one: scripts see it as a `Put` (its
+                    // answer is turned back into the batch's).
+                    let (seen, lone) = match as_lone_put(other).filter(|_| lone_as_put) {
+                        Some(put) => (put, true),
+                        None => (other.clone(), false),
+                    };
                     log.lock()
                         .unwrap_or_else(|poisoned| poisoned.into_inner())
-                        .push(other.clone());
-                    script(other)
+                        .push(seen.clone());
+                    let answer = script(&seen);
+                    if lone {
+                        as_batch_answer(answer)
+                    } else {
+                        answer
+                    }
                 }
             };
             let (replies, finish) = match answer {
@@ -218,6 +262,42 @@ async fn serve_stream(
                 return;
             }
         }
+    }
+}
+
+/// A batch of one PUT, as a lone `Put`.
+fn as_lone_put(request: &Request) -> Option<Request> {
+    let Request::PutBatch(batch) = request else {
+        return None;
+    };
+    let [message] = batch.messages.as_slice() else {
+        return None;
+    };
+    Some(Request::Put(weir_proto::Put {
+        topic: batch.topic.clone(),
+        key: message.key.clone(),
+        value: message.value.clone(),
+        producer_id: batch.producer_id,
+        seq: batch.first_seq,
+    }))
+}
+
+/// A script's answer to a lone `Put`, as the answer to its batch of one: a commit becomes the
+/// batch's one result; an error refuses the batch whole.
+fn as_batch_answer(answer: Answer) -> Answer {
+    fn one(reply: Reply) -> Reply {
+        match reply {
+            Reply::Committed(c) => Reply::CommittedBatch(vec![PutResult::Committed(c)]),
+            other => other,
+        }
+    }
+    match answer {
+        Answer::Replies(r) => Answer::Replies(r.into_iter().map(one).collect()),
+        Answer::RepliesThenFinish(r) => Answer::RepliesThenFinish(r.into_iter().map(one).collect()),
+        Answer::Later(later) => Answer::Later(Box::pin(async move {
+            later.await.into_iter().map(one).collect()
+        })),
+        Answer::CloseConnection => Answer::CloseConnection,
     }
 }
 
@@ -541,7 +621,8 @@ async fn put_not_found_is_final_only_when_the_cluster_lacks_the_topic() -> Resul
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_put_whose_connection_breaks_after_sending_is_not_resent() -> Result<()> {
+async fn a_put_whose_connection_breaks_after_sending_is_resent_under_its_own_number() -> Result<()>
+{
     let dir = tempfile::tempdir()?;
     let certs = certs(&dir)?;
     let (a, b) = (bind(&certs)?, bind(&certs)?);
@@ -555,13 +636,13 @@ async fn a_put_whose_connection_breaks_after_sending_is_not_resent() -> Result<(
     });
 
     let client = connect(&certs, &[a.addr, b.addr]).await?;
-    let err = timeout(client.put("t", None, "v")).await?.unwrap_err();
-    assert!(matches!(err, ClientError::ConnectionLost(_)), "{err:?}");
-    assert_eq!(
-        (a.puts(), b.puts()),
-        (1, 0),
-        "the outcome is unknown: no resend"
-    );
+    // A may have appended it: the resend carries the same producer id and number, so a node
+    // that committed it answers with the original offset instead of writing it again.
+    let c = timeout(client.put("t", None, "v")).await??;
+    assert_eq!(c.offset, Offset(0));
+    assert_eq!((a.puts(), b.puts()), (1, 1), "resent once, elsewhere");
+    assert_eq!(a.put_ids(), b.put_ids(), "the same PUT, not a new one");
+    assert_ne!(a.put_ids()[0].0, weir_proto::ProducerId(0), "not anonymous");
     Ok(())
 }
 
@@ -594,12 +675,12 @@ async fn producer_pipelines_100_puts_through_a_leader_change_and_all_commit() ->
     let certs = certs(&dir)?;
     let (a, b) = (bind(&certs)?, bind(&certs)?);
     let b_addr = b.addr;
-    let a = a.serve(move |r| match r {
+    let a = a.serve_batches(move |r| match r {
         Request::PutBatch(_) => reply(not_leader(Some((2, b_addr)))),
         _ => reply(error(ErrorCode::BadRequest)),
     });
     let commit = committer();
-    let b = b.serve(move |r| match r {
+    let b = b.serve_batches(move |r| match r {
         Request::PutBatch(batch) => reply(commit_batch(batch, &commit)),
         _ => reply(error(ErrorCode::BadRequest)),
     });
@@ -668,7 +749,7 @@ async fn a_batch_refused_message_by_message_as_not_leader_is_resent_and_mixed_re
     let b_addr = b.addr;
     // A took the batch as leader, then lost leadership before proposing: every message says
     // "not leader" (nothing appended), naming B.
-    let a = a.serve(move |r| match r {
+    let a = a.serve_batches(move |r| match r {
         Request::PutBatch(batch) => reply(Reply::CommittedBatch(
             batch
                 .messages
@@ -683,7 +764,7 @@ async fn a_batch_refused_message_by_message_as_not_leader_is_resent_and_mixed_re
     });
     // B commits every message except those whose value is "bad".
     let commit = committer();
-    let b = b.serve(move |r| match r {
+    let b = b.serve_batches(move |r| match r {
         Request::PutBatch(batch) => reply(Reply::CommittedBatch(
             batch
                 .messages
@@ -914,7 +995,7 @@ async fn cluster_and_statuses_report_every_member() -> Result<()> {
 const NEVER: Duration = Duration::from_secs(120);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_put_stuck_on_a_deposed_leader_cut_off_from_the_others_fails_and_the_new_one_takes_over()
+async fn a_put_stuck_on_a_deposed_leader_cut_off_from_the_others_is_resent_to_the_new_one()
 -> Result<()> {
     let dir = tempfile::tempdir()?;
     let certs = certs(&dir)?;
@@ -948,11 +1029,10 @@ async fn a_put_stuck_on_a_deposed_leader_cut_off_from_the_others_fails_and_the_n
     config.idle_timeout = NEVER;
     config.leader_check_after = Some(Duration::from_millis(100));
     let client = timeout(Client::connect(config)).await??;
-    let err = timeout(client.put("t", None, "lost")).await?.unwrap_err();
-    let ClientError::ConnectionLost(msg) = &err else {
-        bail!("expected ConnectionLost, got {err:?}");
-    };
-    assert!(msg.contains("no longer leads and is cut off"), "{msg}");
+    // The client gives up on A (it no longer leads and is cut off) and resends the PUT,
+    // under its own producer id and number, to the leader B names.
+    let stuck = timeout(client.put("t", None, "stuck")).await??;
+    assert_eq!(stuck.offset, Offset(0));
     assert!(
         b.count(|r| matches!(r, Request::Cluster)) >= 1,
         "B was asked"
@@ -963,12 +1043,13 @@ async fn a_put_stuck_on_a_deposed_leader_cut_off_from_the_others_fails_and_the_n
     );
 
     let c_put = timeout(client.put("t", None, "next")).await??;
-    assert_eq!(c_put.offset, Offset(0));
+    assert_eq!(c_put.offset, Offset(1));
     assert_eq!(
         (a.puts(), b.puts(), c.puts()),
-        (1, 0, 1),
-        "the stuck PUT was not resent; the next one went to the leader B named"
+        (1, 0, 2),
+        "the stuck PUT was resent to the leader B named, and the next one went there too"
     );
+    assert_eq!(a.put_ids()[0], c.put_ids()[0], "the resend is the same PUT");
     Ok(())
 }
 
@@ -1090,12 +1171,13 @@ async fn a_node_that_dropped_its_connection_is_passed_over_for_the_next_seed() -
     });
 
     let client = connect(&certs, &[a.addr, b.addr]).await?;
-    let err = timeout(client.put("t", None, "v")).await?.unwrap_err();
-    assert!(matches!(err, ClientError::ConnectionLost(_)), "{err:?}");
+    // Resent to B after A dropped the connection with it.
+    let c = timeout(client.put("t", None, "v")).await??;
+    assert_eq!(c.offset, Offset(0));
     // A is the first seed and still accepts connections, but it just dropped one.
     let c = timeout(client.put("t", None, "w")).await??;
-    assert_eq!(c.offset, Offset(0));
-    assert_eq!((a.puts(), b.puts()), (1, 1));
+    assert_eq!(c.offset, Offset(1));
+    assert_eq!((a.puts(), b.puts()), (1, 2));
     Ok(())
 }
 
@@ -1260,7 +1342,7 @@ async fn relay(target: SocketAddr) -> Result<(SocketAddr, Arc<std::sync::atomic:
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_put_on_a_leader_that_went_silent_fails_without_waiting_for_the_idle_timeout()
+async fn a_put_on_a_leader_that_went_silent_is_resent_without_waiting_for_the_idle_timeout()
 -> Result<()> {
     let dir = tempfile::tempdir()?;
     let certs = certs(&dir)?;
@@ -1295,14 +1377,15 @@ async fn a_put_on_a_leader_that_went_silent_fails_without_waiting_for_the_idle_t
     config.idle_timeout = NEVER;
     config.leader_check_after = Some(Duration::from_millis(100));
     let client = timeout(Client::connect(config)).await??;
-    let err = timeout(client.put("t", None, "lost")).await?.unwrap_err();
-    assert!(matches!(err, ClientError::ConnectionLost(_)), "{err:?}");
+    let lost = timeout(client.put("t", None, "lost")).await??;
+    assert_eq!(lost.offset, Offset(0));
     let next = timeout(client.put("t", None, "next")).await??;
-    assert_eq!(next.offset, Offset(0));
+    assert_eq!(next.offset, Offset(1));
     assert_eq!(
         (a.puts(), c.puts()),
-        (1, 1),
-        "the lost PUT was not resent; the next one reached the new leader"
+        (1, 2),
+        "the PUT A swallowed was resent to the new leader, and the next one went there too"
     );
+    assert_eq!(a.put_ids()[0], c.put_ids()[0], "the resend is the same PUT");
     Ok(())
 }
