@@ -154,6 +154,24 @@ pub async fn produce(
     Ok(Produced { history, unknown })
 }
 
+/// Spawns [`produce`] on each of `clients` (producer numbers 0, 1, ... in that order), each
+/// following a copy of `plan` (a shared `stop` stops them all): what [`join_producers`] joins.
+pub fn spawn_producers(
+    clients: Vec<Client>,
+    topic: &str,
+    plan: &Plan,
+    acks: &Arc<Acks>,
+) -> Vec<tokio::task::JoinHandle<Result<Produced>>> {
+    clients
+        .into_iter()
+        .zip(0u32..)
+        .map(|(client, p)| {
+            let (topic, plan, acks) = (topic.to_owned(), plan.clone(), acks.clone());
+            tokio::spawn(async move { produce(client, &topic, p, plan, acks).await })
+        })
+        .collect()
+}
+
 /// Merges the producers' histories once they are done; also returns the unknown outcomes.
 pub async fn join_producers(
     producers: Vec<tokio::task::JoinHandle<Result<Produced>>>,

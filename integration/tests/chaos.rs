@@ -22,7 +22,7 @@ use weir_client::{Client, ClientConfig, TopicConfig};
 use weir_integration::UdpProxy;
 use weir_integration::cluster::{LocalCluster, free_ports, peer_spec};
 use weir_integration::workload::{
-    Acks, Plan, close_history, follow, identical_replicas, join_producers, produce,
+    Acks, Plan, close_history, follow, identical_replicas, join_producers, spawn_producers,
 };
 
 const TOPIC: &str = "chaos";
@@ -134,19 +134,16 @@ async fn chaos_run(fault: Fault) -> Result<()> {
     }
     let follower = follow(cluster.client().await?, TOPIC).await?;
     let acks = Arc::new(Acks::default());
-    let mut producers = Vec::new();
-    for p in 0..PRODUCERS {
-        let plan = Plan {
-            count: PUTS_PER_PRODUCER,
-            stop: Arc::new(AtomicBool::new(false)),
-            pace: Some(PUT_PACE),
-        };
-        let client = cluster.client().await?;
-        let acks = acks.clone();
-        producers.push(tokio::spawn(async move {
-            produce(client, TOPIC, p, plan, acks).await
-        }));
+    let mut clients = Vec::new();
+    for _ in 0..PRODUCERS {
+        clients.push(cluster.client().await?);
     }
+    let plan = Plan {
+        count: PUTS_PER_PRODUCER,
+        stop: Arc::new(AtomicBool::new(false)),
+        pace: Some(PUT_PACE),
+    };
+    let producers = spawn_producers(clients, TOPIC, &plan, &acks);
 
     acks.wait_for(FAULT_AFTER_ACKS)
         .await

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use weir_client::TopicConfig;
 use weir_integration::cluster::LocalCluster;
 use weir_integration::workload::{
-    Acks, Plan, close_history, follow, identical_replicas, join_producers, produce,
+    Acks, Plan, close_history, follow, identical_replicas, join_producers, spawn_producers,
 };
 
 const TOPIC: &str = "storm";
@@ -42,19 +42,16 @@ async fn leader_kill_storm_commits_every_put_once_in_order_and_replicas_agree() 
     let follower = follow(cluster.client().await?, TOPIC).await?;
 
     let acks = Arc::new(Acks::default());
-    let mut producers = Vec::new();
-    for p in 0..PRODUCERS {
-        let plan = Plan {
-            count: PUTS_PER_PRODUCER,
-            stop: Arc::new(AtomicBool::new(false)),
-            pace: Some(PUT_PACE),
-        };
-        let client = cluster.client().await?;
-        let acks = acks.clone();
-        producers.push(tokio::spawn(async move {
-            produce(client, TOPIC, p, plan, acks).await
-        }));
+    let mut clients = Vec::new();
+    for _ in 0..PRODUCERS {
+        clients.push(cluster.client().await?);
     }
+    let plan = Plan {
+        count: PUTS_PER_PRODUCER,
+        stop: Arc::new(AtomicBool::new(false)),
+        pace: Some(PUT_PACE),
+    };
+    let producers = spawn_producers(clients, TOPIC, &plan, &acks);
 
     let mut kills_at = Vec::new();
     let storm_start = tokio::time::Instant::now();

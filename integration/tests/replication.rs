@@ -5,11 +5,11 @@ use anyhow::{Context, Result, bail};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
-use weir_client::{Client, TopicConfig};
+use weir_client::TopicConfig;
 use weir_integration::cluster::LocalCluster;
 use weir_integration::history::History;
 use weir_integration::workload::{
-    Acks, Plan, close_history, identical_replicas, join_producers, produce,
+    Acks, Plan, close_history, identical_replicas, join_producers, spawn_producers,
 };
 
 const WAIT: Duration = Duration::from_secs(90);
@@ -33,16 +33,16 @@ async fn leader_kills_lose_nothing(rounds: usize, acks_per_round: u64) -> Result
 
     let stop = Arc::new(AtomicBool::new(false));
     let acks = Arc::new(Acks::default());
-    let mut producers = Vec::new();
-    for p in 0..3u32 {
-        let plan = Plan {
-            count: PER_PRODUCER_MAX,
-            stop: stop.clone(),
-            pace: None,
-        };
-        let client = cluster.client().await?;
-        producers.push(tokio::spawn(produce_owned(client, p, plan, acks.clone())));
+    let mut clients = Vec::new();
+    for _ in 0..3 {
+        clients.push(cluster.client().await?);
     }
+    let plan = Plan {
+        count: PER_PRODUCER_MAX,
+        stop: stop.clone(),
+        pace: None,
+    };
+    let producers = spawn_producers(clients, TOPIC, &plan, &acks);
     let mut failovers = Vec::new();
     let mut target = 0;
     for _ in 0..rounds {
@@ -78,16 +78,6 @@ async fn leader_kills_lose_nothing(rounds: usize, acks_per_round: u64) -> Result
     }
     admin.close().await;
     Ok(())
-}
-
-/// [`produce`] for a spawned task (which needs owned arguments).
-async fn produce_owned(
-    client: Client,
-    producer_no: u32,
-    plan: Plan,
-    acks: Arc<Acks>,
-) -> Result<weir_integration::workload::Produced> {
-    produce(client, TOPIC, producer_no, plan, acks).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
