@@ -85,6 +85,17 @@ pub struct Plan {
     pub pace: Option<Duration>,
 }
 
+impl Plan {
+    /// `count` PUTs, one per `pace`, not stopped early.
+    pub fn steady(count: u64, pace: Duration) -> Self {
+        Self {
+            count,
+            stop: Arc::new(AtomicBool::new(false)),
+            pace: Some(pace),
+        }
+    }
+}
+
 /// What a producer did: its history and how many PUTs ended with an unknown outcome.
 #[derive(Debug)]
 pub struct Produced {

@@ -16,7 +16,6 @@
 use anyhow::{Context, Result, bail};
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant};
 use weir_client::{Client, ClientConfig, TopicConfig};
 use weir_integration::UdpProxy;
@@ -138,11 +137,7 @@ async fn chaos_run(fault: Fault) -> Result<()> {
     for _ in 0..PRODUCERS {
         clients.push(cluster.client().await?);
     }
-    let plan = Plan {
-        count: PUTS_PER_PRODUCER,
-        stop: Arc::new(AtomicBool::new(false)),
-        pace: Some(PUT_PACE),
-    };
+    let plan = Plan::steady(PUTS_PER_PRODUCER, PUT_PACE);
     let producers = spawn_producers(clients, TOPIC, &plan, &acks);
 
     acks.wait_for(FAULT_AFTER_ACKS)

@@ -10,7 +10,6 @@
 
 use anyhow::{Context, Result, bail};
 use std::sync::Arc;
-use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant};
 use weir_client::TopicConfig;
 use weir_integration::cluster::LocalCluster;
@@ -46,11 +45,7 @@ async fn leader_kill_storm_commits_every_put_once_in_order_and_replicas_agree() 
     for _ in 0..PRODUCERS {
         clients.push(cluster.client().await?);
     }
-    let plan = Plan {
-        count: PUTS_PER_PRODUCER,
-        stop: Arc::new(AtomicBool::new(false)),
-        pace: Some(PUT_PACE),
-    };
+    let plan = Plan::steady(PUTS_PER_PRODUCER, PUT_PACE);
     let producers = spawn_producers(clients, TOPIC, &plan, &acks);
 
     let mut kills_at = Vec::new();

@@ -538,6 +538,13 @@ mod tests {
         TimestampMs(ms)
     }
 
+    fn original(offset: u64, ms: u64) -> Original {
+        Original {
+            offset: Offset(offset),
+            timestamp_ms: ts(ms),
+        }
+    }
+
     #[test]
     fn an_applied_put_is_found_with_its_offset_and_only_the_next_sequence_is_new() {
         let mut t = ProducerTable::default();
@@ -547,20 +554,8 @@ mod tests {
         }
         t.apply(Offset(6), ts(100), Q, Seq(0));
         t.apply(Offset(7), ts(100), P, Seq(5));
-        assert_eq!(
-            t.lookup(P, Seq(3)),
-            Lookup::Applied(Original {
-                offset: Offset(4),
-                timestamp_ms: ts(100)
-            })
-        );
-        assert_eq!(
-            t.lookup(P, Seq(5)),
-            Lookup::Applied(Original {
-                offset: Offset(7),
-                timestamp_ms: ts(100)
-            })
-        );
+        assert_eq!(t.lookup(P, Seq(3)), Lookup::Applied(original(4, 100)));
+        assert_eq!(t.lookup(P, Seq(5)), Lookup::Applied(original(7, 100)));
         assert_eq!(t.lookup(P, Seq(6)), Lookup::Next);
         assert_eq!(
             t.lookup(P, Seq(8)),
@@ -616,10 +611,7 @@ mod tests {
         let oldest_kept = runs - PRODUCER_RUNS_MAX as u64;
         assert_eq!(
             t.lookup(P, Seq(oldest_kept)),
-            Lookup::Applied(Original {
-                offset: Offset(2 * oldest_kept),
-                timestamp_ms: ts(1)
-            })
+            Lookup::Applied(original(2 * oldest_kept, 1))
         );
         assert_eq!(
             t.lookup(P, Seq(oldest_kept - 1)),
@@ -697,13 +689,7 @@ mod tests {
         }
         let mut admission = ProducerAdmission::new(table.clone());
         let mut check = admission.check(2);
-        assert_eq!(
-            check.verdict(P, Seq(1)),
-            Verdict::Duplicate(Original {
-                offset: Offset(1),
-                timestamp_ms: ts(9)
-            })
-        );
+        assert_eq!(check.verdict(P, Seq(1)), Verdict::Duplicate(original(1, 9)));
         assert_eq!(
             check.verdict(P, Seq(4)),
             Verdict::Gap {
@@ -744,10 +730,7 @@ mod tests {
         let mut check = admission.check(2);
         assert_eq!(
             check.verdict(P, Seq(4)),
-            Verdict::Duplicate(Original {
-                offset: Offset(4),
-                timestamp_ms: ts(10)
-            })
+            Verdict::Duplicate(original(4, 10))
         );
         drop(check);
 
